@@ -1,0 +1,332 @@
+"""`domu-snapshot` and `foreach-domu`: the command line.
+
+Exit codes: 0 every guest ok; 1 some guest failed (the others are still
+mounted and listed); 2 usage or configuration error, or not root.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import syslog
+
+from . import commands, loop, lvm, mount, partitions
+from .commands import CommandError
+from .config import QUIESCE_LEVELS, load_config
+from .errors import DomuError, ProbeError
+from .lifecycle import Runner
+from .lock import RunLock
+
+EXIT_OK, EXIT_GUEST_FAILED, EXIT_USAGE = 0, 1, 2
+
+REQUIRED_TOOLS = ("lvs", "lvcreate", "lvremove", "losetup", "e2fsck", "mount", "umount", "findmnt", "udevadm")
+
+
+def _parser():
+    # SUPPRESS: a subcommand's parser must not reset options given before it.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    opt = common.add_argument_group("options (each overrides the configuration file)")
+    opt.add_argument("--config", metavar="FILE", help="configuration file (default /etc/domu-snapshot.conf)")
+    opt.add_argument("--prefix", help="guest LVs are the LVs whose name starts with this (default domu-)")
+    opt.add_argument("--vg", action="append", dest="vgs", metavar="VG", help="only this VG (repeatable)")
+    opt.add_argument("--include", action="append", metavar="GLOB", help="only LVs matching (lv or vg/lv)")
+    opt.add_argument("--exclude", action="append", metavar="GLOB", help="never LVs matching (lv or vg/lv)")
+    opt.add_argument("--snapshot-size", metavar="SIZE", help="e.g. 2G or 10%%ORIGIN (default)")
+    opt.add_argument("--chunk-size", metavar="SIZE", help="snapshot chunk size, e.g. 64k")
+    opt.add_argument("--partition", metavar="N", help="auto (first ext3/ext4), whole, or a partition number")
+    opt.add_argument("--mount-root", metavar="DIR", help="mount guests at DIR/<vg>/<lv>")
+    opt.add_argument("--lock-timeout", type=float, metavar="SECONDS", help="wait this long for another run")
+    opt.add_argument("--quiesce", choices=QUIESCE_LEVELS, help="quiesce guests through libvirt (default auto)")
+    opt.add_argument("--libvirt-uri", metavar="URI", help="e.g. qemu:///system or xen:///system")
+    opt.add_argument("--quiesce-timeout", type=float, metavar="SECONDS", help="longest freeze or pause")
+    opt.add_argument("--dry-run", action="store_true", help="print the commands that would change anything")
+    opt.add_argument("--no-syslog", action="store_false", dest="syslog", help="do not log to syslog")
+
+    parser = argparse.ArgumentParser(
+        prog="domu-snapshot", parents=[common],
+        description="Snapshot guest LVs and mount their filesystems read-only for file-level backups.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("list", parents=[common], help="guests, their partition and offset, mounted or not")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("mount", parents=[common], help="snapshot and mount guests")
+    p.add_argument("guests", nargs="*", metavar="GUEST")
+    p.add_argument("--all", action="store_true", help="every guest")
+    p = sub.add_parser("unmount", parents=[common], help="unmount guests and remove their snapshots")
+    p.add_argument("guests", nargs="*", metavar="GUEST")
+    p.add_argument("--all", action="store_true", help="every guest, and any leftover")
+    p = sub.add_parser("status", parents=[common], help="what is mounted, what is left over")
+    p.add_argument("--json", action="store_true")
+    sub.add_parser("cleanup", parents=[common], help="remove leftovers of crashed runs")
+    sub.add_parser("check", parents=[common], help="preflight: tools, kernel, space, lock, leftovers")
+    return parser
+
+
+_OVERRIDES = ("prefix", "vgs", "include", "exclude", "snapshot_size", "chunk_size", "partition", "mount_root",
+              "lock_timeout", "quiesce", "libvirt_uri", "quiesce_timeout", "dry_run", "syslog")
+
+
+class Output:
+    """Prints for people and logs to syslog."""
+
+    def __init__(self, use_syslog):
+        self.use_syslog = use_syslog
+        if use_syslog:
+            syslog.openlog("domu-snapshot", syslog.LOG_PID, syslog.LOG_DAEMON)
+
+    def __call__(self, level, message):
+        stream = sys.stderr if level in ("error", "warning") else sys.stdout
+        prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
+        print(prefix + message, file=stream, flush=True)
+        if self.use_syslog:
+            priority = {"error": syslog.LOG_ERR, "warning": syslog.LOG_WARNING}.get(level, syslog.LOG_INFO)
+            syslog.syslog(priority, message)
+
+
+def _raise_on_signal(signum, _frame):
+    # Turn SIGTERM/SIGHUP into an exception so the guest being prepared is torn down.
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        overrides = {key: getattr(args, key) for key in _OVERRIDES if getattr(args, key, None) is not None}
+        cfg = load_config(getattr(args, "config", None), overrides)
+    except DomuError as exc:
+        print(f"domu-snapshot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if os.geteuid() != 0:
+        print("domu-snapshot: must run as root (it creates LVM snapshots, loop devices and mounts)", file=sys.stderr)
+        return EXIT_USAGE
+    out = Output(cfg.syslog)
+    commands.set_dry_run(cfg.dry_run, printer=lambda text: out("info", text))
+    runner = Runner(cfg, log=out)
+    _install_quiesce(runner, out)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_on_signal)
+    handler = {"list": cmd_list, "mount": cmd_mount, "unmount": cmd_unmount, "status": cmd_status,
+               "cleanup": cmd_cleanup, "check": cmd_check}[args.command]
+    try:
+        return handler(runner, args, out)
+    except DomuError as exc:
+        out("error", str(exc))
+        return EXIT_USAGE
+    except CommandError as exc:
+        out("error", f"{exc.summary()} -- nothing guest-specific was started; fix the cause and run again")
+        return EXIT_GUEST_FAILED
+    except KeyboardInterrupt as exc:
+        out("error", f"interrupted ({exc or 'SIGINT'}); the guest in progress was torn down; "
+                     f"run `domu-snapshot status` to see what is still mounted")
+        return EXIT_GUEST_FAILED
+
+
+def _install_quiesce(runner, out):
+    """Quiesce through libvirt when the quiesce module is present (it is optional)."""
+    try:
+        from . import quiesce
+    except ImportError:
+        return
+    install = getattr(quiesce, "install", None)
+    if install is not None:
+        install(runner, out)
+
+
+def foreach_main(argv=None):
+    """`foreach-domu mount|unmount [options]`: all guests, for Run Before/After Job scripts."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    actions = [a for a in argv if a in ("mount", "unmount")]
+    if len(actions) != 1:
+        print("usage: foreach-domu [options] mount|unmount", file=sys.stderr)
+        return EXIT_USAGE
+    argv.remove(actions[0])
+    return main([actions[0], "--all"] + argv)
+
+
+# ----------------------------------------------------------------- commands
+
+def _line(out, result):
+    """One line per guest: result, detail, time."""
+    name = result.guest.name
+    if result.status == "failed":
+        out("error", f"FAILED  {name}: {result.error}  ({result.seconds:.1f}s)")
+    elif result.status == "skipped":
+        out("warning", f"SKIPPED {name}: {'; '.join(result.notes)}")
+        return
+    else:
+        detail = "; ".join(d.describe() for d in result.disks) if result.action == "mount" else "torn down"
+        if result.action == "mount" and result.disks:
+            detail += " -> " + ", ".join(d.mount_path for d in result.disks if d.mounted)
+        if result.action == "unmount":
+            peaks = [d.peak_percent for d in result.disks if d.peak_percent is not None]
+            if peaks:
+                detail += f", snapshot peak use {max(peaks):.1f}%"
+        if result.quiesce != "none" or result.freeze_ms is not None:
+            detail += f", quiesce {result.quiesce}" + (f" {result.freeze_ms:.0f} ms" if result.freeze_ms is not None else "")
+        out("info", f"OK      {name}: {detail}  ({result.seconds:.1f}s)")
+    for note in result.notes:
+        out("warning", f"        {name}: {note}")
+
+
+def cmd_mount(runner, args, out):
+    if not args.all and not args.guests:
+        raise DomuError("name the guests to mount, or use --all")
+    with runner.lock():
+        guests = runner.discover(None if args.all else args.guests)
+        if not guests:
+            out("warning", f"no guest LVs found (prefix {runner.cfg.prefix!r}, VGs {runner.cfg.vgs or 'all'})")
+        errors = runner.check_space(guests, concurrent=True)
+        failed = 0
+        for guest in guests:
+            result = runner.prepare(guest, errors.get(guest.name))
+            _line(out, result)
+            failed += not result.ok
+    return EXIT_GUEST_FAILED if failed else EXIT_OK
+
+
+def cmd_unmount(runner, args, out):
+    if not args.all and not args.guests:
+        raise DomuError("name the guests to unmount, or use --all")
+    with runner.lock():
+        if args.all:
+            results = runner.reap()  # whatever the system shows as ours, leftovers included
+        else:
+            results = runner.teardown(runner.discover(args.guests))
+    for result in results:
+        _line(out, result)
+    if not results:
+        out("info", "nothing was mounted")
+    return EXIT_GUEST_FAILED if any(not r.ok for r in results) else EXIT_OK
+
+
+def cmd_cleanup(runner, args, out):
+    with runner.lock():
+        results = runner.reap()
+    for result in results:
+        _line(out, result)
+    out("info", f"cleanup: {len(results)} leftover guest(s) torn down" if results else "cleanup: nothing left over")
+    return EXIT_GUEST_FAILED if any(not r.ok for r in results) else EXIT_OK
+
+
+def _probe_origin(disk):
+    """Partition choice of an origin LV, read through a read-only loop device."""
+    device = commands.run(["losetup", "--read-only", "--find", "--show", disk.lv_path], changes_system=False).stdout.strip()
+    try:
+        return partitions.probe_isolated(device)
+    finally:
+        loop.detach(device)
+
+
+def cmd_list(runner, args, out):
+    guests = runner.discover()
+    mounted = {target for target, _ in mount.under(runner.cfg.mount_root)}
+    rows = []
+    for guest in guests:
+        for disk in guest.disks:
+            row = {"guest": guest.name, "domain": guest.domain, "vg": disk.vg, "lv": disk.lv,
+                   "size": disk.origin.size, "active": disk.origin.active, "partition": None, "fs": None,
+                   "offset": None, "mounted": disk.mount_path in mounted, "mount_path": disk.mount_path,
+                   "problem": None}
+            if disk.origin.active:
+                try:
+                    choice = partitions.choose(_probe_origin(disk), runner.cfg.for_guest(guest.name, "partition"),
+                                               runner.cfg.filesystems)
+                    row.update(partition=choice.number, fs=choice.fs, offset=choice.offset)
+                except (ProbeError, CommandError) as exc:
+                    row["problem"] = str(exc)
+            else:
+                row["problem"] = "inactive"
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'GUEST':24} {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
+    for row in rows:
+        part = "whole" if row["partition"] == 0 else ("-" if row["partition"] is None else str(row["partition"]))
+        print(f"{row['guest']:24} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
+              f"{'-' if row['offset'] is None else row['offset']:>12} {'yes' if row['mounted'] else 'no'}"
+              + (f"  ({row['problem']})" if row["problem"] else ""))
+    return EXIT_OK
+
+
+def _status(runner):
+    state = runner.system_state()
+    by_rdev = {(s.major, s.minor): s for s in state.snapshots.values() if s.major is not None}
+    loops = {}
+    for device in state.loops:
+        snapshot = by_rdev.get(device.backing_rdev())
+        if snapshot:
+            loops[device.name] = snapshot
+    mounted, used_loops, used_snaps = [], set(), set()
+    for target, source in state.mounts:
+        snapshot = loops.get(source)
+        mounted.append({"mount_path": target, "device": source,
+                        "snapshot": snapshot.key if snapshot else None,
+                        "snapshot_use_percent": snapshot.snap_percent if snapshot else None,
+                        "overflowed": bool(snapshot and snapshot.is_classic_snapshot and snapshot.invalid)})
+        used_loops.add(source)
+        if snapshot:
+            used_snaps.add(snapshot.key)
+    leftovers = [{"kind": "loop device", "name": name, "snapshot": s.key}
+                 for name, s in loops.items() if name not in used_loops]
+    leftovers += [{"kind": "snapshot", "name": key} for key in state.snapshots if key not in used_snaps]
+    return {"mounted": mounted, "leftovers": leftovers}
+
+
+def cmd_status(runner, args, out):
+    status = _status(runner)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    for m in status["mounted"]:
+        use = "" if m["snapshot_use_percent"] is None else f", snapshot {m['snapshot_use_percent']:.1f}% used"
+        warn = "  OVERFLOWED: backup from it is unreliable" if m["overflowed"] else ""
+        print(f"mounted   {m['mount_path']} ({m['device']} on {m['snapshot']}{use}){warn}")
+    for item in status["leftovers"]:
+        print(f"leftover  {item['kind']} {item['name']}" + (f" (on {item['snapshot']})" if item.get("snapshot") else ""))
+    if not status["mounted"] and not status["leftovers"]:
+        print("nothing mounted, nothing left over")
+    return EXIT_OK
+
+
+def cmd_check(runner, args, out):
+    problems = 0
+
+    def report(ok, text):
+        nonlocal problems
+        problems += not ok
+        print(("ok      " if ok else "PROBLEM ") + text)
+
+    for tool in REQUIRED_TOOLS:
+        report(shutil.which(tool) is not None, f"tool {tool}")
+    report(os.path.exists("/dev/loop-control"), "loop devices (/dev/loop-control)")
+    report(os.path.exists("/dev/mapper/control"), "device-mapper (/dev/mapper/control)")
+    dm_snapshot = os.path.isdir("/sys/module/dm_snapshot") or \
+        commands.run(["modprobe", "--dry-run", "dm-snapshot"], check=False).returncode == 0
+    report(dm_snapshot, "kernel module dm-snapshot")
+    try:
+        import parted  # noqa: F401
+        report(True, "pyparted")
+    except ImportError:
+        report(False, "pyparted (install python3-parted)")
+    guests = runner.discover()
+    report(bool(guests), f"{len(guests)} guest(s) with prefix {runner.cfg.prefix!r}")
+    for name, error in runner.check_space(guests, concurrent=True).items():
+        report(False, f"space for {name}: {error.message}")
+    try:
+        with RunLock(runner.cfg.lock_file, 0):
+            report(True, f"lock {runner.cfg.lock_file} free")
+    except DomuError as exc:
+        report(False, str(exc))
+    guests_left, foreign = runner.leftovers()
+    report(not guests_left, "no leftovers" if not guests_left else
+           f"leftovers of {', '.join(g.name for g in guests_left)} (domu-snapshot cleanup)")
+    for target in foreign:
+        report(False, f"{target} is mounted under the mount root but is not ours")
+    return EXIT_GUEST_FAILED if problems else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

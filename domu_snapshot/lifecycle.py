@@ -1,0 +1,533 @@
+"""The guest lifecycle: discover → snapshot → find the filesystem → loop →
+replay the journal → mount read-only; and teardown.
+
+Teardown never relies on a record of what was done: it reads the system
+(mounts under the mount root, loop devices backed by our snapshots, LVs
+carrying our tag), so the same code cleans up after a crash or a kill.
+"""
+
+import dataclasses
+import fnmatch
+import os
+import time
+from typing import List, Optional
+
+from . import commands, fsck, loop, lvm, mount, partitions, quiesce
+from .commands import CommandError
+from .errors import DomuError, GuestError, ProbeError
+from .lock import RunLock
+
+
+# ------------------------------------------------------------------ records
+
+@dataclasses.dataclass
+class Disk:
+    """One guest LV and where its snapshot's filesystem is mounted."""
+
+    vg: str
+    lv: str
+    mount_path: str
+    origin: Optional[lvm.LogicalVolume] = None  # None when rebuilt from leftovers
+
+    @property
+    def key(self):
+        return f"{self.vg}/{self.lv}"
+
+    @property
+    def lv_path(self):
+        return self.origin.path if self.origin else f"/dev/{self.vg}/{self.lv}"
+
+    @property
+    def snapshot_name(self):
+        return lvm.snapshot_name(self.lv)
+
+    @property
+    def snapshot_path(self):
+        return f"/dev/{self.vg}/{self.snapshot_name}"
+
+
+@dataclasses.dataclass
+class Guest:
+    """What is backed up as one: an LV, or all LV disks of one libvirt domain."""
+
+    name: str
+    disks: List[Disk]
+    domain: Optional[str] = None
+
+    @property
+    def active(self):
+        return all(d.origin is None or d.origin.active for d in self.disks)
+
+
+@dataclasses.dataclass
+class DiskResult:
+    disk: Disk
+    choice: Optional[partitions.Choice] = None
+    loop: str = ""
+    journal: str = ""
+    mounted: bool = False
+    peak_percent: Optional[float] = None  # snapshot use at teardown
+    note: str = ""
+
+    @property
+    def mount_path(self):
+        return self.disk.mount_path
+
+    def describe(self):
+        if self.note:
+            return f"{self.disk.key}: {self.note}"
+        if not self.choice:
+            return f"{self.disk.key}: not mounted"
+        return f"{self.disk.key}: {self.choice.describe()}, {self.journal or 'clean'}"
+
+
+@dataclasses.dataclass
+class GuestResult:
+    guest: Guest
+    action: str  # "mount", "unmount" or "plan"
+    status: str = "ok"  # "ok", "skipped" or "failed"
+    error: Optional[GuestError] = None
+    disks: List[DiskResult] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    quiesce: str = "none"
+    freeze_ms: Optional[float] = None
+    notes: List[str] = dataclasses.field(default_factory=list)
+    domain_xml: str = ""  # the libvirt definition (virsh define accepts it); "" for a plain LV
+    domain_xml_path: str = ""  # where prepare wrote it: <mount_root>/<vg>/<first lv>.domain.xml
+
+    @property
+    def ok(self):
+        return self.status != "failed"
+
+    def fail(self, error):
+        # The first failure is the cause; later ones (e.g. in cleanup) are notes.
+        if self.error is None:
+            self.error = error
+        else:
+            self.notes.append(str(error))
+        self.status = "failed"
+
+
+@dataclasses.dataclass
+class SystemState:
+    """What the system shows right now: one findmnt, one losetup, one lvs."""
+
+    mounts: list  # (target, source) under the mount root, deepest first
+    loops: list  # loop.LoopDevice
+    snapshots: dict  # "vg/name" -> LogicalVolume of our tagged snapshots
+
+
+# ------------------------------------------------------------------- runner
+
+class Runner:
+    def __init__(self, config, log=None):
+        self.cfg = config
+        self._log = log or (lambda level, message: None)
+        self._volumes = None
+        self._quiescer = None
+        self._domains = {}
+
+    def log(self, level, message):
+        self._log(level, message)
+
+    def lock(self):
+        return RunLock(self.cfg.lock_file, self.cfg.lock_timeout)
+
+    # ------------------------------------------------------------ discovery
+
+    def mount_path(self, vg, lv):
+        return os.path.join(self.cfg.mount_root, vg, lv)
+
+    def _is_candidate(self, lv):
+        if lv.is_hidden or lv.is_pool or lv.is_snapshot or lv.ours or lv.name.endswith(lvm.SUFFIX):
+            return False
+        if self.cfg.prefix and not lv.name.startswith(self.cfg.prefix):
+            return False
+        names = (lv.name, lv.key)
+        if self.cfg.include and not any(fnmatch.fnmatchcase(n, g) for g in self.cfg.include for n in names):
+            return False
+        return not any(fnmatch.fnmatchcase(n, g) for g in self.cfg.exclude for n in names)
+
+    def discover(self, names=None):
+        """Guests from one `lvs` report; `names` (LV names or vg/lv) selects some."""
+        self._volumes = lvm.report(self.cfg.vgs)
+        candidates = [lv for lv in self._volumes if self._is_candidate(lv)]
+        counts = {}
+        for lv in candidates:
+            counts[lv.name] = counts.get(lv.name, 0) + 1
+        guests = [
+            Guest(lv.name if counts[lv.name] == 1 else lv.key,
+                  [Disk(lv.vg, lv.name, self.mount_path(lv.vg, lv.name), lv)])
+            for lv in candidates
+        ]
+        guests = self.group_guests(guests)
+        if names:
+            guests = self._select(guests, names)
+        return guests
+
+    @property
+    def quiescer(self):
+        """The run's libvirt side (connects on first use; works without libvirt-python)."""
+        if self._quiescer is None:
+            self._quiescer = quiesce.Quiescer(self.cfg.libvirt_uri, self.cfg.quiesce_timeout, self.log)
+        return self._quiescer
+
+    def group_guests(self, guests):
+        """Join the LVs of one libvirt domain into one guest, so they are snapshotted in one window.
+
+        A domain with one LV keeps the LV's name; one with several is named after the domain.
+        LVs no domain uses stay guests of their own.
+        """
+        position = {g.disks[0].key: i for i, g in enumerate(guests)}  # discover() makes one-disk guests
+        self._domains = self.quiescer.domains([g.disks[0].origin for g in guests])
+        grouped = list(guests)
+        for name, domain in self._domains.items():
+            members = [position[f"{lv.vg}/{lv.name}"] for lv in domain.lvs]  # in the domain's disk order
+            title = guests[members[0]].name if len(members) == 1 else name
+            for index in members:
+                grouped[index] = None
+            grouped[min(members)] = Guest(title, [guests[i].disks[0] for i in members], name)
+        return [g for g in grouped if g is not None]
+
+    def _select(self, guests, names):
+        chosen = []
+        for name in names:
+            matches = [g for g in guests if name == g.name or any(name in (d.lv, d.key) for d in g.disks)]
+            if not matches:
+                known = ", ".join(g.name for g in guests) or "none"
+                raise DomuError(f"unknown guest {name!r} (guests found: {known})")
+            if len(matches) > 1:
+                raise DomuError(f"guest name {name!r} is ambiguous: use vg/lv ({', '.join(g.name for g in matches)})")
+            if matches[0] not in chosen:
+                chosen.append(matches[0])
+        return chosen
+
+    # ---------------------------------------------------------------- space
+
+    def check_space(self, guests, concurrent=True):
+        """Per-guest GuestError for guests whose VG cannot hold the planned snapshots.
+
+        `concurrent`: all guests' snapshots exist at once (mount --all);
+        otherwise only one guest's at a time (the plugin's default).
+        """
+        need = {}
+        free = {}
+        members = {}
+        for guest in guests:
+            if not guest.active:
+                continue
+            per_vg = {}
+            for disk in guest.disks:
+                origin = disk.origin
+                if origin is None or origin.is_thin:
+                    continue  # thin snapshots take pool space, not VG space
+                spec = self.cfg.for_guest(guest.name, "snapshot_size")
+                try:
+                    extents = lvm.snapshot_extents(origin, spec)
+                except ValueError as exc:
+                    raise DomuError(str(exc)) from None
+                per_vg[origin.vg] = per_vg.get(origin.vg, 0) + extents * origin.extent_size
+                free[origin.vg] = origin.vg_free
+                members.setdefault(origin.vg, []).append(guest)
+            for vg, size in per_vg.items():
+                need[vg] = need.get(vg, 0) + size if concurrent else max(need.get(vg, 0), size)
+        errors = {}
+        for vg, needed in need.items():
+            if needed > free[vg]:
+                error_for = lambda g: GuestError(  # noqa: E731
+                    g.name, "space check",
+                    f"VG {vg} has {_gib(free[vg])} free but the snapshots planned in it need {_gib(needed)} "
+                    f"(short by {_gib(needed - free[vg])}); nothing was created in {vg}",
+                    f"free space in {vg} (vgextend, or remove an unused LV), or lower snapshot_size "
+                    f"(now {self.cfg.snapshot_size})")
+                for guest in members[vg]:
+                    errors[guest.name] = error_for(guest)
+        return errors
+
+    # -------------------------------------------------------------- prepare
+
+    def prepare(self, guest, space_error=None):
+        """Snapshot, probe, loop, replay and mount every disk of `guest`.
+
+        Never raises for the guest's own failures: they come back in the
+        result, after whatever was created has been torn down again.
+        """
+        started = time.monotonic()
+        result = GuestResult(guest, "mount")
+        if not guest.active:
+            result.status = "skipped"
+            result.notes.append("LV is not active: not touched (activate it with lvchange -ay to back it up)")
+            return result
+        if space_error is not None:
+            result.fail(space_error)
+            result.seconds = time.monotonic() - started
+            return result
+        try:
+            self._check_names(guest)
+            self._remove_leftovers(guest, result)
+            self._create_snapshots(guest, result)
+            self._save_domain_xml(guest, result)
+            if commands.is_dry_run():
+                self._print_plan(guest)
+                return result
+            commands.settle(self.cfg.settle_timeout)
+            for disk in guest.disks:
+                result.disks.append(self._mount_disk(guest, disk))
+            if not any(d.mounted for d in result.disks):
+                result.status = "skipped"
+                result.notes.append("nothing to back up: " + "; ".join(d.note for d in result.disks))
+                self._teardown_quietly(guest, result)
+        except GuestError as error:
+            result.fail(error)
+            self._teardown_quietly(guest, result)
+        except BaseException:
+            # Interrupted (signal, cancel): never leave this guest half-prepared.
+            self._teardown_quietly(guest, result)
+            raise
+        finally:
+            result.seconds = time.monotonic() - started
+        return result
+
+    def _check_names(self, guest):
+        for disk in guest.disks:
+            problem = lvm.check_snapshot_name(disk.vg, disk.lv)
+            if problem:
+                raise GuestError(guest.name, "snapshot name", problem,
+                                 "rename the LV (lvrename) to a shorter name; nothing was created")
+
+    def _remove_leftovers(self, guest, result):
+        """A snapshot left by a crashed run would make lvcreate fail on the name."""
+        existing = {lv.key for lv in self._volumes or [] if lv.ours}
+        if any(f"{d.vg}/{d.snapshot_name}" in existing for d in guest.disks):
+            result.notes.append("removed a leftover snapshot of an earlier run first")
+            for report in self.teardown([guest]):
+                if not report.ok:
+                    raise report.error
+
+    def _create_snapshots(self, guest, result):
+        """All disks of the guest, back to back (inside one quiesce window when quiesced)."""
+        def snapshot_all():
+            for disk in guest.disks:
+                spec = self.cfg.for_guest(guest.name, "snapshot_size")
+                chunk = self.cfg.for_guest(guest.name, "chunk_size")
+                try:
+                    lvm.create_snapshot(disk.origin, spec, chunk)
+                except CommandError as exc:
+                    raise GuestError(guest.name, "snapshot", exc.summary(),
+                                     f"check free space (vgs {disk.vg}) and leftovers (domu-snapshot status)") from None
+        self.quiesced(guest, result, snapshot_all)
+
+    def quiesced(self, guest, result, create_snapshots):
+        """Run create_snapshots inside the guest's quiesce (agent freeze, suspend, sync or none)."""
+        level = quiesce.requested_level(self.cfg, guest.name, guest.domain, *[d.lv for d in guest.disks])
+        if commands.is_dry_run():
+            if guest.domain and level != "none":
+                commands._dry_run["printer"](f"would quiesce domain {guest.domain} ({level}) around its snapshots")
+            create_snapshots()
+            return
+        hold = self.quiescer.hold(guest.name, guest.domain, level)
+        try:
+            with hold:
+                create_snapshots()
+        finally:
+            used = hold.result
+            result.quiesce = used.level
+            result.freeze_ms = used.freeze_ms if used.level in ("agent", "suspend") else None
+            if used.degraded and used.note:
+                result.notes.append(f"quiesce: {used.note}")
+            if used.overrun:
+                result.notes.append(
+                    f"quiesce: snapshots took longer than quiesce_timeout ({self.cfg.quiesce_timeout:g} s); the "
+                    f"guest was released before they were all made, so they are only crash-consistent")
+
+    def _save_domain_xml(self, guest, result):
+        """The domain's definition goes into the backup: a file next to the first disk's mount
+        (helpers mode) and result.domain_xml (the plugin emits it as an entry of its own)."""
+        if not guest.domain:
+            return
+        known = self._domains.get(guest.domain)
+        result.domain_xml = self.quiescer.definition(guest.domain, known.xml if known else "")
+        if not result.domain_xml:
+            result.notes.append(f"the definition of domain {guest.domain} could not be read: not in this backup")
+            return
+        path = quiesce.domain_xml_path(guest.disks[0].mount_path)
+        if commands.is_dry_run():
+            commands._dry_run["printer"](f"would write the definition of domain {guest.domain} to {path}")
+            return
+        try:
+            mount.make_dirs(os.path.dirname(path), self.cfg.mount_root)
+            quiesce.write_domain_xml(path, result.domain_xml)
+        except OSError as exc:
+            raise GuestError(guest.name, "domain definition", f"{path}: {exc}",
+                             "check the mount root (free space, permissions)") from None
+        result.domain_xml_path = path
+
+    def _print_plan(self, guest):
+        for disk in guest.disks:
+            printer = commands._dry_run["printer"]
+            printer(f"would run: losetup --find --show --offset <offset> --sizelimit <size> {disk.snapshot_path}")
+            printer("would run: e2fsck -p -E journal_only <loop device>")
+            printer(f"would run: mount -t <ext3|ext4> -o {mount.MOUNT_OPTIONS} <loop device> {disk.mount_path}")
+
+    def _mount_disk(self, guest, disk):
+        result = DiskResult(disk)
+        snapshot = disk.snapshot_path
+        try:
+            probed = partitions.probe_isolated(snapshot)
+        except ProbeError as exc:
+            raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
+        try:
+            choice = partitions.choose(probed, self.cfg.for_guest(guest.name, "partition"), self.cfg.filesystems)
+        except ProbeError as exc:
+            if partitions.only_swap(probed):
+                result.note = "holds only swap"
+                return result
+            raise GuestError(guest.name, "partition", f"{disk.key}: {exc.message}", exc.hint) from None
+        result.choice = choice
+        superblock = fsck.read_superblock(snapshot, choice.offset)
+        if superblock is None:
+            raise GuestError(guest.name, "partition", f"{disk.key}: no ext superblock at byte {choice.offset}",
+                             "the partition table points elsewhere than the filesystem; set partition=N")
+        if superblock.size > choice.size:
+            raise GuestError(
+                guest.name, "partition",
+                f"{disk.key}: the {superblock.fs} filesystem claims {superblock.size} bytes but its partition "
+                f"holds {choice.size}: the partition table or the filesystem is damaged",
+                "repair it inside the guest (resize2fs or fix the partition); not backed up")
+        try:
+            result.loop = loop.attach(snapshot, choice.offset, choice.size, choice.sector_size)
+        except CommandError as exc:
+            raise GuestError(guest.name, "loop device", exc.summary(),
+                             "check for free loop devices (losetup --list) and that the loop module is loaded") from None
+        try:
+            result.journal = fsck.replay(result.loop)
+        except CommandError as exc:
+            raise GuestError(
+                guest.name, "journal replay", exc.summary(),
+                "e2fsck could not repair the snapshot's filesystem; check the guest's filesystem from inside "
+                "the guest (never fsck the running guest's LV from the host)") from None
+        try:
+            mount.make_dirs(disk.mount_path, self.cfg.mount_root)
+            mount.mount(result.loop, disk.mount_path, superblock.fs)
+        except OSError as exc:
+            raise GuestError(guest.name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
+        except CommandError as exc:
+            raise GuestError(guest.name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
+        result.mounted = True
+        return result
+
+    # ------------------------------------------------------------- teardown
+
+    def system_state(self):
+        return SystemState(
+            mounts=mount.under(self.cfg.mount_root),
+            loops=loop.list_all(),
+            snapshots={lv.key: lv for lv in lvm.report(self.cfg.vgs) if lv.ours},
+        )
+
+    def teardown(self, guests, state=None):
+        """Unmount, detach, check for overflow, remove the snapshot, rmdir; per guest.
+
+        Idempotent: what is already gone is skipped. Three queries in all,
+        however many guests.
+        """
+        state = state or self.system_state()
+        return [self._teardown_guest(guest, state) for guest in guests]
+
+    def _teardown_quietly(self, guest, result):
+        try:
+            for report in self.teardown([guest]):
+                if report.error:
+                    result.notes.append(f"cleanup: {report.error}")
+                result.notes.extend(report.notes)
+        except (CommandError, OSError) as exc:
+            result.notes.append(f"cleanup could not read the system state: {exc}; run domu-snapshot cleanup")
+
+    def _teardown_guest(self, guest, state):
+        started = time.monotonic()
+        result = GuestResult(guest, "unmount")
+        for disk in guest.disks:
+            disk_result = DiskResult(disk)
+            result.disks.append(disk_result)
+            snapshot = state.snapshots.get(f"{disk.vg}/{disk.snapshot_name}")
+            step = "unmount"
+            try:
+                for target, _source in state.mounts:
+                    if target == disk.mount_path or target.startswith(disk.mount_path + os.sep):
+                        mount.unmount(target, self.cfg.busy_retries)
+                step = "loop detach"
+                if snapshot is not None and snapshot.major is not None:
+                    for device in state.loops:
+                        if device.backing_rdev() == (snapshot.major, snapshot.minor):
+                            loop.detach(device.name, self.cfg.busy_retries)
+                if snapshot is not None:
+                    disk_result.peak_percent = snapshot.snap_percent
+                    if snapshot.is_classic_snapshot and snapshot.invalid:
+                        result.fail(GuestError(
+                            guest.name, "snapshot overflow",
+                            f"snapshot {snapshot.key} overflowed (its copy-on-write area filled up while the "
+                            f"guest kept writing): files read from it may be wrong or unreadable, so this "
+                            f"guest's backup is not reliable",
+                            f"give snapshots more room (snapshot_size, now "
+                            f"{self.cfg.for_guest(guest.name, 'snapshot_size')}; e.g. 20%ORIGIN or an absolute "
+                            f"size like 4G) and run the backup again"))
+                    step = "snapshot removal"
+                    lvm.remove_snapshot(snapshot, self.cfg.busy_retries)
+                quiesce.remove_domain_xml(disk.mount_path)
+                mount.remove_empty_dirs(disk.mount_path, self.cfg.mount_root)
+            except CommandError as exc:
+                result.fail(GuestError(
+                    guest.name, step, exc.summary(),
+                    f"something still uses it (fuser -vm {disk.mount_path}); when it is free, run "
+                    f"domu-snapshot cleanup"))
+        result.seconds = time.monotonic() - started
+        return result
+
+    def leftovers(self, state=None):
+        """Guests rebuilt from what the system shows: our snapshots and mounts under the root."""
+        state = state or self.system_state()
+        disks = {}
+        for snapshot in state.snapshots.values():
+            origin = snapshot.origin or snapshot.name[: -len(lvm.SUFFIX)]
+            disks[(snapshot.vg, origin)] = True
+        root = os.path.normpath(self.cfg.mount_root)
+        foreign = []
+        for target, _source in state.mounts:
+            parts = os.path.relpath(target, root).split(os.sep)
+            if len(parts) >= 2 and parts[0] not in (".", ".."):
+                disks[(parts[0], parts[1])] = True
+            else:
+                foreign.append(target)
+        guests = [Guest(lv, [Disk(vg, lv, self.mount_path(vg, lv))]) for vg, lv in disks]
+        return guests, foreign
+
+    def reap(self):
+        """Tear down everything earlier runs left: returns per-guest results."""
+        state = self.system_state()
+        guests, foreign = self.leftovers(state)
+        for target in foreign:
+            self.log("warning", f"{target} is mounted under the mount root but is not ours: not touched")
+        results = self.teardown(guests, state)
+        self._remove_stale_dirs()
+        return results
+
+    def _remove_stale_dirs(self):
+        root = self.cfg.mount_root
+        try:
+            vgs = os.listdir(root)
+        except OSError:
+            return
+        for vg in vgs:
+            vg_dir = os.path.join(root, vg)
+            if os.path.islink(vg_dir) or not os.path.isdir(vg_dir):
+                continue
+            for lv in os.listdir(vg_dir):
+                path = os.path.join(vg_dir, lv)
+                if not os.path.islink(path) and os.path.isdir(path) and not os.path.ismount(path):
+                    mount.remove_empty_dirs(path, root)
+            quiesce.remove_stale_domain_xml(vg_dir)
+            mount.remove_empty_dirs(vg_dir, root)
+
+
+def _gib(size):
+    return f"{size / 1024 ** 3:.2f} GiB"

@@ -1,0 +1,230 @@
+"""Finding the filesystem inside a guest disk with pyparted, read-only.
+
+Partition tables are written by guests, so they are untrusted input to
+native code (libparted). `probe_isolated` runs the probe in a short-lived
+child process: a crash there fails one guest instead of killing a
+long-lived caller such as bareos-fd. The child prints a JSON description;
+`choose` (pure Python, no device access) picks the partition to mount.
+
+Run as `python -m domu_snapshot.partitions DEVICE` to see the probe.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+from .errors import ProbeError
+
+EXT_TYPES = ("ext2", "ext3", "ext4")
+
+
+# ---------------------------------------------------------------- child side
+
+def _refuse_fixes(exc_type, message, options):
+    """libparted asks before "fixing" tables (e.g. a GPT backup header not at
+    the end of a grown LV). Fixing writes; we only ever read: answer Ignore
+    when offered, otherwise Cancel."""
+    import parted
+
+    if options & parted.EXCEPTION_OPT_IGNORE:
+        return parted.EXCEPTION_RESOLVE_IGNORE
+    if options & parted.EXCEPTION_OPT_NO:
+        return parted.EXCEPTION_RESOLVE_NO
+    return parted.EXCEPTION_RESOLVE_CANCEL
+
+
+def probe(path):
+    """Describe the partition table on `path` (a dict); never commits anything."""
+    import parted
+
+    parted.register_exn_handler(_refuse_fixes)
+    device = parted.getDevice(path)
+    result = {
+        "path": path,
+        "sector_size": device.sectorSize,
+        "length": device.length,
+        "label": None,
+        "partitions": [],
+        "error": None,
+    }
+    try:
+        try:
+            disk = parted.newDisk(device)
+        except Exception as exc:  # pyparted raises several unrelated types here
+            result["error"] = _first_line(exc) or type(exc).__name__
+            return result
+        result["label"] = disk.type
+        for part in disk.partitions:
+            geometry = part.geometry
+            fs = part.fileSystem.type if part.fileSystem else None
+            result["partitions"].append({
+                "number": part.number,
+                "kind": _kind(part.type),
+                "start": geometry.start,
+                "length": geometry.length,
+                "fs": fs,
+            })
+        return result
+    finally:
+        # libparted caches devices by /dev/dm-N; minors are reused after
+        # lvremove, and a stale entry has crashed a later newDisk.
+        device.removeFromCache()
+
+
+def _kind(part_type):
+    import parted
+
+    if part_type & parted.PARTITION_EXTENDED:
+        return "extended"
+    if part_type & parted.PARTITION_LOGICAL:
+        return "logical"
+    return "primary"
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m domu_snapshot.partitions DEVICE", file=sys.stderr)
+        return 2
+    json.dump(probe(argv[0]), sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+# --------------------------------------------------------------- parent side
+
+def _python():
+    """An interpreter for the probe child. Inside bareos-fd sys.executable is
+    the daemon itself, not Python."""
+    exe = sys.executable or ""
+    if os.path.basename(exe).startswith("python") and os.access(exe, os.X_OK):
+        return exe
+    return shutil.which("python3") or "/usr/bin/python3"
+
+
+def probe_isolated(path, timeout=60):
+    """`probe(path)` in a child process; ProbeError if it fails or crashes."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = [_python(), "-m", "domu_snapshot.partitions", path]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ProbeError(f"reading the partition table of {path} took more than {timeout} s",
+                         "the table may be malformed; choose the partition with partition=N or exclude the guest") from None
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise ProbeError(f"the partition-table reader crashed ({name}) on {path}: the table is malformed",
+                         "inspect the disk by hand; the backup of this guest was not made")
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+        raise ProbeError(f"reading the partition table of {path} failed: {detail}",
+                         "check that pyparted is installed for this Python")
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise ProbeError(f"the partition-table reader gave unreadable output for {path}") from None
+
+
+@dataclasses.dataclass
+class Choice:
+    number: int  # 0 = the filesystem covers the whole device (no table)
+    fs: str
+    offset: int  # bytes
+    size: int  # bytes
+    label: str
+    sector_size: int
+
+    def describe(self):
+        where = "whole disk" if self.number == 0 else f"partition {self.number} ({self.label})"
+        return f"{where}, {self.fs} at byte {self.offset}"
+
+
+def _listing(partitions):
+    shown = [f"{p['number']}:{p.get('fs') or 'unknown'}" for p in partitions if p.get("kind") != "extended"]
+    return ", ".join(shown) or "none"
+
+
+def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
+    """Pick the partition to mount from a probe result; ProbeError says why none fits.
+
+    `partition`: "auto" (first partition, by number, whose filesystem is one of
+    `filesystems`), "whole" (the filesystem covers the whole device) or a number.
+    """
+    if not isinstance(probed, dict):
+        raise ProbeError("the partition-table reader returned nothing usable")
+    sector = probed.get("sector_size")
+    length = probed.get("length")
+    if not isinstance(sector, int) or sector <= 0 or not isinstance(length, int) or length <= 0:
+        raise ProbeError("the device reports no usable size")
+    if probed.get("error"):
+        raise ProbeError(f"no partition table or filesystem recognised: {probed['error']}",
+                         "if the guest uses a filesystem this tool cannot read (LUKS, LVM inside, XFS...), exclude it")
+    label = probed.get("label") or "unknown"
+    raw = probed.get("partitions") or []
+    parts = []
+    for p in raw:
+        if not isinstance(p, dict):
+            continue
+        number, start, plen = p.get("number"), p.get("start"), p.get("length")
+        if not all(isinstance(v, int) for v in (number, start, plen)):
+            continue
+        parts.append(dict(p))
+    parts.sort(key=lambda p: p["number"])
+    # libparted's "loop" label: a filesystem on the whole device, no table.
+    whole = label == "loop"
+
+    def to_choice(p):
+        if p["start"] < 0 or p["length"] <= 0:
+            raise ProbeError(f"partition {p['number']} has no usable extent (start {p['start']}, length {p['length']})")
+        if p["start"] + p["length"] > length:
+            raise ProbeError(
+                f"partition {p['number']} ends past the end of the disk "
+                f"(sector {p['start'] + p['length']} > {length}): the table is damaged or the LV was shrunk",
+                "fix the table inside the guest, or exclude the guest")
+        number = 0 if whole else p["number"]
+        return Choice(number, p.get("fs"), p["start"] * sector, p["length"] * sector, label, sector)
+
+    if str(partition) == "whole":
+        if whole and parts and parts[0].get("fs") in EXT_TYPES:
+            return to_choice(parts[0])
+        raise ProbeError(f"partition=whole, but the disk holds a {label} table, not a filesystem")
+    if str(partition).isdigit() and str(partition) != "0":
+        wanted = int(partition)
+        for p in parts:
+            if p["number"] == wanted and p.get("kind") != "extended":
+                if p.get("fs") not in EXT_TYPES:
+                    raise ProbeError(f"partition {wanted} holds {p.get('fs') or 'no recognised filesystem'}, not ext2/3/4",
+                                     f"partitions found: {_listing(parts)}")
+                return to_choice(p)
+        raise ProbeError(f"partition {wanted} does not exist ({label} table; partitions found: {_listing(parts)})")
+    for p in parts:
+        if p.get("kind") == "extended" or p.get("fs") not in filesystems:
+            continue
+        if p["length"] <= 0:
+            continue
+        return to_choice(p)
+    raise ProbeError(
+        f"no {'/'.join(filesystems)} filesystem found ({label} table; partitions found: {_listing(parts)})",
+        "set partition=N for this guest if the filesystem is there, or exclude the guest")
+
+
+def only_swap(probed):
+    """True when the disk holds swap and nothing else: nothing to back up at file level."""
+    parts = [p for p in (probed.get("partitions") or []) if isinstance(p, dict) and p.get("kind") != "extended"]
+    return bool(parts) and all(str(p.get("fs") or "").startswith("linux-swap") for p in parts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
