@@ -24,15 +24,20 @@ EXT_TYPES = ("ext2", "ext3", "ext4")
 
 # ---------------------------------------------------------------- child side
 
-def _refuse_fixes(exc_type, message, options):
+# libparted's exception option bits (PedExceptionOption).
+_OPT_NO = 0x04
+_OPT_IGNORE = 0x20
+
+
+def _refuse_fixes(exc_type, options, message):
     """libparted asks before "fixing" tables (e.g. a GPT backup header not at
     the end of a grown LV). Fixing writes; we only ever read: answer Ignore
-    when offered, otherwise Cancel."""
+    when offered, No when asked yes/no, otherwise Cancel."""
     import parted
 
-    if options & parted.EXCEPTION_OPT_IGNORE:
+    if options & _OPT_IGNORE:
         return parted.EXCEPTION_RESOLVE_IGNORE
-    if options & parted.EXCEPTION_OPT_NO:
+    if options & _OPT_NO:
         return parted.EXCEPTION_RESOLVE_NO
     return parted.EXCEPTION_RESOLVE_CANCEL
 

@@ -1,0 +1,168 @@
+"""Partition probing on real image files (pyparted, no LVM needed) and the selection logic."""
+
+import hashlib
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from domu_snapshot import fsck, partitions
+from domu_snapshot.errors import ProbeError
+
+MiB = 1024 * 1024
+
+
+def run(*argv):
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def mkfs_at(image, fs, offset, size):
+    """Make a filesystem inside an image file at a byte offset (mke2fs -E offset)."""
+    run(f"mkfs.{fs}", "-q", "-F", "-E", f"offset={offset}", str(image), str(size // 1024) + "k")
+
+
+def mkswap_at(image, offset, size):
+    """mkswap into a scratch file, copied in at `offset` (bookworm's mkswap has no --offset)."""
+    scratch = image.with_suffix(".swap")
+    run("truncate", "-s", str(size), str(scratch))
+    run("mkswap", str(scratch))
+    with open(image, "r+b") as out:
+        out.seek(offset)
+        out.write(scratch.read_bytes())
+    scratch.unlink()
+
+
+@pytest.fixture
+def old_xen_disk(tmp_path):
+    """msdos: ext3 at sector 63, then an extended partition holding swap."""
+    image = tmp_path / "xen.img"
+    image.write_bytes(b"")
+    run("truncate", "-s", "48M", str(image))
+    run("parted", "-s", str(image), "unit", "s", "mklabel", "msdos",
+        "mkpart", "primary", "ext3", "63s", "61439s",
+        "mkpart", "extended", "61440s", "98303s",
+        "mkpart", "logical", "linux-swap", "63488s", "98303s")
+    mkfs_at(image, "ext3", 63 * 512, (61439 - 63 + 1) * 512)
+    return image
+
+
+@pytest.fixture
+def gpt_disk(tmp_path):
+    """GPT: BIOS boot, swap, ext4."""
+    image = tmp_path / "gpt.img"
+    run("truncate", "-s", "48M", str(image))
+    run("parted", "-s", str(image), "mklabel", "gpt",
+        "mkpart", "bios", "1MiB", "2MiB", "set", "1", "bios_grub", "on",
+        "mkpart", "swap", "linux-swap", "2MiB", "10MiB",
+        "mkpart", "root", "ext4", "10MiB", "47MiB")
+    mkswap_at(image, 2 * MiB, 8 * MiB)
+    mkfs_at(image, "ext4", 10 * MiB, 37 * MiB)
+    return image
+
+
+def test_old_xen_layout_picks_ext3_at_sector_63(old_xen_disk):
+    probed = partitions.probe_isolated(str(old_xen_disk))
+    assert probed["label"] == "msdos"
+    kinds = {p["number"]: p["kind"] for p in probed["partitions"]}
+    assert kinds == {1: "primary", 2: "extended", 5: "logical"}
+    choice = partitions.choose(probed)
+    assert (choice.number, choice.fs, choice.offset) == (1, "ext3", 32256)
+    assert fsck.read_superblock(str(old_xen_disk), choice.offset).fs == "ext3"
+
+
+def test_gpt_layout_picks_ext4_after_bios_boot_and_swap(gpt_disk):
+    probed = partitions.probe_isolated(str(gpt_disk))
+    assert probed["label"] == "gpt"
+    choice = partitions.choose(probed)
+    assert (choice.number, choice.fs, choice.offset) == (3, "ext4", 10 * MiB)
+    assert choice.size == 37 * MiB
+
+
+def test_explicit_partition_number(gpt_disk):
+    probed = partitions.probe_isolated(str(gpt_disk))
+    assert partitions.choose(probed, partition="3").offset == 10 * MiB
+    with pytest.raises(ProbeError, match="partition 2 holds linux-swap"):
+        partitions.choose(probed, partition="2")
+    with pytest.raises(ProbeError, match="partition 9 does not exist"):
+        partitions.choose(probed, partition="9")
+
+
+def test_filesystem_on_whole_disk(tmp_path):
+    image = tmp_path / "whole.img"
+    run("truncate", "-s", "16M", str(image))
+    run("mkfs.ext4", "-q", "-F", str(image))
+    probed = partitions.probe_isolated(str(image))
+    choice = partitions.choose(probed)
+    assert (choice.number, choice.offset, choice.size) == (0, 0, 16 * MiB)
+    assert partitions.choose(probed, partition="whole").number == 0
+
+
+def test_swap_only_disk_has_nothing_to_mount(tmp_path):
+    image = tmp_path / "swap.img"
+    run("truncate", "-s", "16M", str(image))
+    run("mkswap", str(image))
+    probed = partitions.probe_isolated(str(image))
+    with pytest.raises(ProbeError, match="no ext4/ext3 filesystem found"):
+        partitions.choose(probed)
+    assert partitions.only_swap(probed)
+
+
+def test_garbage_is_a_clear_error(tmp_path):
+    image = tmp_path / "garbage.img"
+    image.write_bytes(bytes((i * 7919) % 251 for i in range(1 * MiB)) + bytes(7 * MiB))
+    probed = partitions.probe_isolated(str(image))
+    with pytest.raises(ProbeError, match="no partition table or filesystem recognised"):
+        partitions.choose(probed)
+    assert not partitions.only_swap(probed)
+
+
+def test_grown_gpt_is_read_without_writing(gpt_disk):
+    """After growing the LV the GPT backup header is not at the end; parted offers a fix. We refuse it."""
+    run("truncate", "-s", "64M", str(gpt_disk))
+    before = hashlib.sha256(gpt_disk.read_bytes()).hexdigest()
+    probed = partitions.probe_isolated(str(gpt_disk))
+    assert partitions.choose(probed).offset == 10 * MiB
+    assert hashlib.sha256(gpt_disk.read_bytes()).hexdigest() == before
+
+
+def test_crashing_probe_is_contained(monkeypatch, tmp_path):
+    """A crash of the probe child (as libparted can on a malformed table) fails one guest, not the caller."""
+    fake = tmp_path / "python-crash"
+    fake.write_text("#!/bin/sh\nkill -SEGV $$\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(partitions, "_python", lambda: str(fake))
+    with pytest.raises(ProbeError, match="crashed \\(SIGSEGV\\)"):
+        partitions.probe_isolated("/dev/null")
+
+
+# ------------------------------------------------------------- properties
+
+partition = st.fixed_dictionaries({
+    "number": st.integers(min_value=-2, max_value=130),
+    "kind": st.sampled_from(["primary", "logical", "extended", "weird"]),
+    "start": st.integers(min_value=-10, max_value=2**40),
+    "length": st.integers(min_value=-10, max_value=2**40),
+    "fs": st.sampled_from([None, "ext2", "ext3", "ext4", "xfs", "btrfs", "linux-swap(v1)", "fat32"]),
+})
+probe_result = st.fixed_dictionaries({
+    "sector_size": st.sampled_from([512, 4096, 0, -1, 1024]),
+    "length": st.integers(min_value=-1, max_value=2**34),
+    "label": st.sampled_from([None, "msdos", "gpt", "loop", "sun"]),
+    "partitions": st.lists(st.one_of(partition, st.none(), st.integers(), st.text(max_size=3)), max_size=8),
+    "error": st.sampled_from([None, None, "unrecognised disk label"]),
+})
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(probed=probe_result, wanted=st.sampled_from(["auto", "whole", "1", "2", "5", "0", "128"]))
+def test_choice_is_inside_the_device_or_a_probe_error(probed, wanted):
+    try:
+        choice = partitions.choose(probed, wanted)
+    except ProbeError:
+        return
+    device_bytes = probed["length"] * probed["sector_size"]
+    assert choice.fs in partitions.EXT_TYPES
+    assert 0 <= choice.offset < device_bytes
+    assert 0 < choice.size and choice.offset + choice.size <= device_bytes
+    assert choice.offset % probed["sector_size"] == 0
