@@ -15,7 +15,7 @@ import syslog
 from . import commands, loop, lvm, mount, partitions
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, load_config
-from .errors import DomuError, ProbeError
+from .errors import DomuError, LockBusy, ProbeError
 from .lifecycle import Runner
 from .lock import RunLock
 
@@ -111,6 +111,9 @@ def main(argv=None):
                "cleanup": cmd_cleanup, "check": cmd_check}[args.command]
     try:
         return handler(runner, args, out)
+    except LockBusy as exc:
+        out("error", str(exc))
+        return EXIT_GUEST_FAILED
     except DomuError as exc:
         out("error", str(exc))
         return EXIT_USAGE
@@ -151,7 +154,7 @@ def _line(out, result):
     """One line per guest: result, detail, time."""
     name = result.guest.name
     if result.status == "failed":
-        out("error", f"FAILED  {name}: {result.error}  ({result.seconds:.1f}s)")
+        out("error", f"FAILED  {result.error}  ({result.seconds:.1f}s)")
     elif result.status == "skipped":
         out("warning", f"SKIPPED {name}: {'; '.join(result.notes)}")
         return

@@ -14,8 +14,10 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 
 from .errors import ProbeError
 
@@ -57,6 +59,10 @@ def probe(path):
         "error": None,
     }
     try:
+        absurd = _absurd_gpt_header(path, device.sectorSize, device.length)
+        if absurd:
+            result["error"] = absurd
+            return result
         try:
             disk = parted.newDisk(device)
         except Exception as exc:  # pyparted raises several unrelated types here
@@ -78,6 +84,35 @@ def probe(path):
         # libparted caches devices by /dev/dm-N; minors are reused after
         # lvremove, and a stale entry has crashed a later newDisk.
         device.removeFromCache()
+
+
+# The Linux kernel refuses GPT entry arrays above KMALLOC_MAX_SIZE (4 MiB) and entries of
+# another size than 128 bytes (block/partitions/efi.c). libparted has no such bound: a header
+# with valid CRCs claiming 2^31 entries made it checksum gigabytes for minutes.
+_GPT_ARRAY_MAX = 4 * 1024 * 1024
+
+
+def _absurd_gpt_header(path, sector_size, length):
+    """Why a GPT header libparted would accept (signature and CRC valid) is absurd, or None."""
+    for lba in (1, length - 1):
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(lba * sector_size)
+                raw = handle.read(sector_size)
+        except OSError:
+            continue
+        if len(raw) < 92 or raw[:8] != b"EFI PART":
+            continue
+        header_size, crc = struct.unpack_from("<II", raw, 12)
+        if not 92 <= header_size <= len(raw):
+            continue
+        if zlib.crc32(raw[:16] + b"\0\0\0\0" + raw[20:header_size]) & 0xFFFFFFFF != crc:
+            continue
+        count, size = struct.unpack_from("<II", raw, 80)
+        if size < 128 or size % 128 or count * size > _GPT_ARRAY_MAX:
+            return (f"the GPT header at sector {lba} claims {count} entries of {size} bytes each: "
+                    f"not a partition table (the Linux kernel refuses it too)")
+    return None
 
 
 def _kind(part_type):
@@ -110,6 +145,9 @@ def main(argv=None):
 def _python():
     """An interpreter for the probe child. Inside bareos-fd sys.executable is
     the daemon itself, not Python."""
+    configured = os.environ.get("DOMU_SNAPSHOT_PROBE_PYTHON")
+    if configured:
+        return configured
     exe = sys.executable or ""
     if os.path.basename(exe).startswith("python") and os.access(exe, os.X_OK):
         return exe
