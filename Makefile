@@ -1,0 +1,91 @@
+# domu-snapshot: set-up and test entry points. Run as root on Debian 12.
+#   make test      everything CI runs: deps, host suite, vm suite (one VM boot)
+#   make demo      the demo in a throwaway VM
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# Debian packages: storage tools and the VM test bed (kernel, qemu, busybox for virtme's
+# initramfs), pyparted/libvirt as a real hypervisor host has them (bareos-fd embeds the
+# distribution's Python), the hostile-input suite's filesystems, Bacula for the engine suite.
+# Installed without recommends (which would pull in a GUI for qemu and a mail daemon for Bacula),
+# so what lvm2 recommends and we need is listed: thin_check for thin pools.
+APT_PACKAGES := lvm2 thin-provisioning-tools parted fdisk e2fsprogs dosfstools xfsprogs btrfs-progs \
+	cryptsetup-bin udev kmod util-linux \
+	qemu-system-x86 linux-image-amd64 busybox-static \
+	python3-venv python3-dev python3-parted python3-libvirt libparted-dev pkg-config \
+	bacula-director bacula-director-sqlite3 bacula-sd bacula-fd bacula-console
+BACULA_SERVICES := bacula-director bacula-sd bacula-fd
+PIP_PACKAGES := virtme-ng==1.42
+
+# Per-run directory for the VM's results; one value per make invocation.
+RUN_ID := $(shell date +%Y%m%d-%H%M%S)-$(shell echo $$PPID)
+VM_RUN_DIR ?= .vmrun/test-$(RUN_ID)
+VMBED_ARGS ?=
+HOST_JUNIT := .vmrun/host-$(RUN_ID).xml
+
+.PHONY: deps apt-deps venv test test-host test-vm demo bench
+
+deps: apt-deps venv
+
+# Installs only what dpkg says is missing; `apt-get update` only when something is.
+# Packaged daemons must not start on the host: a temporary policy-rc.d forbids it where the
+# machine has none, and the Bacula daemons are stopped if something started them anyway.
+apt-deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${db:Status-Status}\n' "$$p" 2>/dev/null | grep -qx installed || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing:$$missing"; \
+	  [ "$$(id -u)" = 0 ] || { echo "deps: must run as root to install packages" >&2; exit 1; }; \
+	  tmp_policy=""; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; tmp_policy=1; \
+	  fi; \
+	  rc=0; mkdir -p .vmrun; \
+	  { DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold $$missing; \
+	  } > .vmrun/apt-install.log 2>&1 || rc=$$?; \
+	  [ -z "$$tmp_policy" ] || rm -f /usr/sbin/policy-rc.d; \
+	  if [ $$rc != 0 ]; then tail -40 .vmrun/apt-install.log >&2; echo "deps: apt-get failed ($$rc)" >&2; exit $$rc; fi; \
+	  rm -f .vmrun/apt-install.log; \
+	  for s in $(BACULA_SERVICES); do \
+	    [ -x /etc/init.d/$$s ] && /etc/init.d/$$s status >/dev/null 2>&1 && /etc/init.d/$$s stop >/dev/null 2>&1 || true; \
+	  done; \
+	fi
+
+# The venv sees Debian's python3-parted and python3-libvirt (--system-site-packages).
+venv: $(VENV)/.deps-ok
+$(VENV)/.deps-ok: pyproject.toml setup.py Makefile | apt-deps
+	@[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@mkdir -p .vmrun; $(PY) -m pip install -q --disable-pip-version-check -e '.[test]' $(PIP_PACKAGES) \
+	  > .vmrun/pip-install.log 2>&1 || { cat .vmrun/pip-install.log >&2; echo "deps: pip install failed" >&2; exit 1; }
+	@touch $@
+
+# pytest exit 5 (nothing collected) is a failure: a suite that ran nothing did not pass.
+test-host: deps
+	@mkdir -p .vmrun; rc=0; \
+	$(PY) -m pytest -m "not vm" -p no:cacheprovider --junitxml=$(HOST_JUNIT) tests || rc=$$?; \
+	if [ $$rc = 5 ]; then echo "test-host: no tests collected" >&2; fi; \
+	exit $$rc
+
+test-vm: deps
+	@$(PY) -m tests.vmbed --run-dir $(VM_RUN_DIR) $(VMBED_ARGS)
+
+test: deps
+	@rc=0; \
+	$(MAKE) --no-print-directory test-host RUN_ID=$(RUN_ID) || rc=1; \
+	$(MAKE) --no-print-directory test-vm RUN_ID=$(RUN_ID) VM_RUN_DIR=$(VM_RUN_DIR) || rc=1; \
+	echo; echo "==== summary ===="; \
+	$(PY) -m tests.junitsum host=$(HOST_JUNIT) vm=$(VM_RUN_DIR)/junit.xml || rc=1; \
+	exit $$rc
+
+demo: deps
+	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m tests.demo
+
+bench: deps
+	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m bench

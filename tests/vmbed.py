@@ -1,0 +1,265 @@
+"""Run a command as root inside a throwaway VM: the VM test bed.
+
+The host kernel has no device-mapper, so everything that needs LVM runs in a VM booted by
+virtme-ng with Debian's generic kernel, sharing the host's root filesystem read-only (writable
+overlays on /tmp, /var, /etc, ...). One boot runs one command, normally the whole vm suite:
+
+    python -m tests.vmbed [--memory 3G] [--timeout 3600] [--run-dir DIR] [-- COMMAND...]
+
+Without a command it runs `pytest -m vm tests` and leaves junit.xml in the run directory.
+The run directory (default `.vmrun/<timestamp>-<pid>/`) is the only place the VM can write that
+the host sees: it holds the command, console.log and `exit-code`, written by
+tests/vm_inside.sh after the command ends. No exit-code file means the command never ran, which
+is a failure whatever qemu returned.
+
+Environment: DOMU_VM_MEMORY, DOMU_VM_CPUS, DOMU_VM_TIMEOUT (seconds), DOMU_VM_KVM=1 (try KVM,
+with a probe; the default is software emulation because KVM aborts on these machines).
+Variables named DOMU_* and PYTEST_ADDOPTS are passed into the VM.
+
+Library use (other suites):  `run_in_vm([...argv...], memory="2G").exit_code`
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+INSIDE_SCRIPT = REPO / "tests" / "vm_inside.sh"
+VMRUN = REPO / ".vmrun"
+VENV_BIN = REPO / ".venv" / "bin"
+
+# Exit codes of the runner itself (a command's own exit code is passed through).
+EXIT_NOT_RUN = 125      # the VM did not run the command (no exit-code file)
+EXIT_TIMEOUT = 124      # killed after --timeout seconds
+EXIT_HOST_LEFTOVER = 3  # the run changed the host's loop devices or mounts
+
+PASSTHROUGH_ENV = re.compile(r"^(DOMU_(?!VM_)\w+|PYTEST_ADDOPTS|HYPOTHESIS_\w+)$")
+
+
+@dataclasses.dataclass
+class VmResult:
+    exit_code: int
+    run_dir: Path
+    seconds: float
+    ran: bool             # the command ran to completion inside the VM
+    message: str = ""     # why it failed, when the runner (not the command) failed
+
+
+def find_kernel() -> str:
+    """The newest Debian generic kernel; `-cloud-` kernels lack 9p and cannot mount the root."""
+    candidates = []
+    for path in glob.glob("/boot/vmlinuz-*-amd64"):
+        version = path[len("/boot/vmlinuz-"):]
+        if "-cloud-" in version or not os.path.isdir(f"/lib/modules/{version}"):
+            continue
+        key = [int(n) for n in re.findall(r"\d+", version)]
+        candidates.append((key, path))
+    if not candidates:
+        raise SystemExit("vmbed: no /boot/vmlinuz-*-amd64 with modules (apt-get install linux-image-amd64)")
+    return max(candidates)[1]
+
+
+def _vng() -> str:
+    vng = VENV_BIN / "vng"
+    if not vng.exists():
+        raise SystemExit(f"vmbed: {vng} missing; run `make deps` first")
+    return str(vng)
+
+
+def _vng_env() -> dict:
+    # vng finds its helpers (virtme-run, ...) on PATH
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}:/usr/sbin:/sbin"
+    return env
+
+
+def vng_argv(kernel: str, *, memory: str, cpus: int, kvm: bool, rwdirs: list[str], exec_cmd: str) -> list[str]:
+    argv = [_vng(), "--run", kernel, "--memory", memory, "--cpus", str(cpus)]
+    if not kvm:
+        argv.append("--disable-kvm")
+    for d in rwdirs:
+        argv += ["--rwdir", d]
+    return argv + ["--exec", exec_cmd]
+
+
+def kvm_usable(kernel: str) -> bool:
+    """Boot once with KVM; qemu aborts on these machines ("failed to set MSR") or hangs."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    argv = vng_argv(kernel, memory="512M", cpus=1, kvm=True, rwdirs=[], exec_cmd="echo domu-kvm-ok")
+    try:
+        out = subprocess.run(argv, env=_vng_env(), stdin=subprocess.DEVNULL, capture_output=True,
+                             text=True, timeout=60, start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return False
+    return out.returncode == 0 and "domu-kvm-ok" in out.stdout
+
+
+def host_state() -> dict:
+    """Loop devices and mount points of the host, to prove a VM run leaves nothing behind."""
+    loops = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True,
+                                      text=True).stdout or '{"loopdevices": []}')["loopdevices"]
+    with open("/proc/self/mountinfo") as f:
+        mounts = sorted(line.split()[4] for line in f)
+    return {"loop": sorted((d.get("name"), d.get("back-file")) for d in loops), "mounts": mounts}
+
+
+def _diff_state(before: dict, after: dict) -> list[str]:
+    out = []
+    for key in before:
+        added = sorted(set(map(str, after[key])) - set(map(str, before[key])))
+        removed = sorted(set(map(str, before[key])) - set(map(str, after[key])))
+        out += [f"{key} added on the host: {x}" for x in added]
+        out += [f"{key} gone from the host: {x}" for x in removed]
+    return out
+
+
+def new_run_dir(name: str | None = None) -> Path:
+    d = VMRUN / (name or time.strftime("%Y%m%d-%H%M%S-") + str(os.getpid()))
+    d.mkdir(parents=True, exist_ok=False)
+    return d
+
+
+def default_command(run_dir: Path) -> list[str]:
+    # vm_inside.sh adds `-p no:cacheprovider` (read-only repository) through PYTEST_ADDOPTS
+    return [str(VENV_BIN / "python"), "-m", "pytest", "-m", "vm", "--durations=15",
+            f"--junitxml={run_dir}/junit.xml", "tests"]
+
+
+def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: str | None = None,
+              cpus: int | None = None, timeout: float | None = None, kvm: bool | None = None,
+              env: dict | None = None, rwdirs: list[str] = (), out=None) -> VmResult:
+    """Boot the VM, run `command` (an argv list) inside as root, stream its output to `out`."""
+    out = out or sys.stdout
+    memory = memory or os.environ.get("DOMU_VM_MEMORY", "3G")
+    cpus = int(cpus or os.environ.get("DOMU_VM_CPUS", "2"))
+    timeout = float(timeout or os.environ.get("DOMU_VM_TIMEOUT", "3600"))
+    run_dir = Path(run_dir).resolve() if run_dir else new_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    exit_file = run_dir / "exit-code"
+    exit_file.unlink(missing_ok=True)
+    # argv and environment go through NUL-separated files: no quoting through vng's shell
+    (run_dir / "command").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in command))
+    passed = {k: v for k, v in os.environ.items() if PASSTHROUGH_ENV.match(k)}
+    passed.update(env or {})
+    (run_dir / "env").write_bytes(b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in passed.items()))
+
+    kernel = find_kernel()
+    if kvm is None:
+        kvm = os.environ.get("DOMU_VM_KVM") == "1" and kvm_usable(kernel)
+    exec_cmd = " ".join(shlex.quote(a) for a in ["bash", str(INSIDE_SCRIPT), str(run_dir), str(REPO)])
+    argv = vng_argv(kernel, memory=memory, cpus=cpus, kvm=kvm,
+                    rwdirs=[str(run_dir), *rwdirs], exec_cmd=exec_cmd)
+    print(f"vmbed: {os.path.basename(kernel)}, {'kvm' if kvm else 'tcg (no kvm)'}, {cpus} cpus, "
+          f"{memory}, timeout {timeout:.0f}s, run dir {os.path.relpath(run_dir)}", file=out, flush=True)
+
+    before = host_state()
+    start = time.monotonic()
+    timed_out = threading.Event()
+    with open(run_dir / "console.log", "wb") as log:
+        proc = subprocess.Popen(argv, env=_vng_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+        def kill_on_timeout():
+            if proc.poll() is None:
+                timed_out.set()
+                _kill_group(proc)
+
+        timer = threading.Timer(timeout, kill_on_timeout)
+        timer.daemon = True
+        timer.start()
+        try:
+            for line in iter(proc.stdout.readline, b""):
+                log.write(line)
+                log.flush()
+                out.write(line.decode("utf-8", "replace"))
+                out.flush()
+            proc.wait()
+        except KeyboardInterrupt:
+            _kill_group(proc)
+            raise
+        finally:
+            timer.cancel()
+    seconds = time.monotonic() - start
+
+    result = VmResult(exit_code=0, run_dir=run_dir, seconds=seconds, ran=False)
+    if timed_out.is_set():
+        result.exit_code, result.message = EXIT_TIMEOUT, f"the VM was killed after the {timeout:.0f}s timeout"
+    elif not exit_file.exists():
+        result.exit_code = EXIT_NOT_RUN
+        result.message = (f"the VM did not run the command (no {exit_file.name}; vng exited {proc.returncode}); "
+                          f"see {os.path.relpath(run_dir)}/console.log")
+    else:
+        text = exit_file.read_text().strip()
+        result.ran = text.isdigit()
+        result.exit_code = int(text) if result.ran else EXIT_NOT_RUN
+        if result.exit_code == EXIT_NOT_RUN:
+            result.message = "set-up inside the VM failed (see the messages above)"
+
+    leftovers = _diff_state(before, host_state())
+    if leftovers:
+        result.message = "; ".join([result.message] + leftovers if result.message else leftovers)
+        if result.exit_code == 0:
+            result.exit_code = EXIT_HOST_LEFTOVER
+    return result
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop vng and the qemu it started (their own process group), politely first."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(prog="python -m tests.vmbed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--memory", help="VM memory (default $DOMU_VM_MEMORY or 3G)")
+    p.add_argument("--cpus", type=int, help="VM cpus (default $DOMU_VM_CPUS or 2)")
+    p.add_argument("--timeout", type=float, help="seconds before the VM is killed (default $DOMU_VM_TIMEOUT or 3600)")
+    p.add_argument("--run-dir", help="results directory (default .vmrun/<timestamp>-<pid>)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set in the VM")
+    args = p.parse_args(argv)
+    env = dict(e.split("=", 1) for e in args.env)
+
+    if os.geteuid() != 0:
+        print("vmbed: must run as root (qemu, and the VM shares root's view of the host)", file=sys.stderr)
+        return 2
+    run_dir = Path(args.run_dir).resolve() if args.run_dir else new_run_dir()
+    if not command:
+        command = default_command(run_dir)
+    res = run_in_vm(command, run_dir=run_dir, memory=args.memory, cpus=args.cpus,
+                    timeout=args.timeout, env=env)
+    status = "ok" if res.exit_code == 0 else f"FAILED (exit {res.exit_code})"
+    print(f"vmbed: {status} in {res.seconds:.0f}s; results in {os.path.relpath(res.run_dir)}", flush=True)
+    if res.message:
+        print(f"vmbed: {res.message}", file=sys.stderr, flush=True)
+    if res.exit_code == 5 and command[1:3] == ["-m", "pytest"]:
+        print("vmbed: pytest collected no tests in the VM: that is a failure", file=sys.stderr)
+    return res.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
