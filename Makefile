@@ -89,3 +89,13 @@ demo: deps
 
 bench: deps
 	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m bench
+
+# Bareos plugin mode: the plugin file and the core next to it (module_path is first on
+# sys.path of the python3 that bareos-fd embeds); pyparted comes from Debian's python3-parted.
+BAREOS_PLUGIN_DIR ?= /usr/lib/bareos/plugins
+.PHONY: install-plugin
+install-plugin:
+	install -d -m 0755 $(DESTDIR)$(BAREOS_PLUGIN_DIR)/domu_snapshot
+	install -m 0644 bareos_plugin/bareos-fd-domu-snapshot.py $(DESTDIR)$(BAREOS_PLUGIN_DIR)/
+	install -m 0644 domu_snapshot/*.py $(DESTDIR)$(BAREOS_PLUGIN_DIR)/domu_snapshot/
+	@echo "next: Client settings from etc/bareos/bareos-fd-client.conf, restart bareos-fd, FileSet and Job from etc/bareos/domu-snapshot-plugin.conf"

@@ -1,0 +1,869 @@
+"""Bareos python-fd plugin: file-level backup of LVM-backed guests through snapshots.
+
+FileSet:  Plugin = "python3:module_path=/usr/lib/bareos/plugins:module_name=bareos-fd-domu-snapshot:..."
+Options (mirror the CLI's; `\\:` escapes a colon inside a value):
+  prefix=domu-   vg=vg0,vg1   include=glob,glob   exclude=glob,glob   snapshot_size=10%ORIGIN
+  chunk_size=    partition=auto|whole|N   mount_root=/var/lib/domu-snapshot/mnt
+  config=/etc/domu-snapshot.conf   prepare=each|all   quiesce=auto|agent|suspend|sync|none
+  libvirt_uri=qemu:///system
+
+Backup: on bEventStartBackupJob the plugin reaps leftovers of crashed runs and discovers the guests.
+Then, one guest at a time (prepare=each, the default), it prepares the guest (snapshot, partition,
+loop, journal replay, read-only mount at <mount_root>/<vg>/<lv>), hands every entry below the mount
+to the file daemon, and tears the guest down before the next one; prepare=all prepares every guest
+first. Paths are the real paths under the mount root, so the catalog matches helpers mode.
+
+Entries: directories FT_DIREND after their contents (link = path + "/"), regular files FT_REG (data
+read by the file daemon itself from the descriptor returned by IO_OPEN, "in core"), empty files
+FT_REGE, symlinks FT_LNK (target from readlink, never followed), fifos FT_FIFO; stat values from
+lstat. Device nodes and sockets are not saved: the guest mount is nodev, and a restore would create
+live device files on the host; each guest's M_WARNING line counts and names them. Names (and
+symlink targets) that are not valid UTF-8 cannot pass the file daemon's API: each is reported in an
+M_ERROR job message with its bytes, and counted. Hard links are left to the file daemon (nlink > 1,
+keyed by st_dev/st_ino): st_dev is replaced by a number unique to each guest disk in this job, as
+loop devices are reused from one guest to the next and would otherwise make unrelated files of two
+guests look like hard links of one another. ACLs and extended attributes of guest files are not
+saved in this mode (get_acl/get_xattr hand over none); helpers mode saves them through the file
+daemon's own aclsupport/xattrsupport. Each guest ends with one M_INFO line: partition and offset,
+journal result, entries and bytes, snapshot peak use, time.
+
+Accurate mode: the file daemon asks check_file() only for files of earlier backups that this job
+did not send. They are reported deleted (bRC_OK) only when they lie below a guest disk whose walk
+completed; below a guest that failed, overflowed or was not read completely they are reported as
+seen (bRC_Seen) so that their last good versions stay current.
+
+Restore goes through the file daemon (create_file answers CF_CORE) into `where`; entries whose path
+would leave `where` (.. components, symlinks in the restored tree) are refused, and a restore to the
+original paths (no `where`) is refused. python-fd does not pass the create_status set in
+set_file_attributes back to the file daemon, so the plugin applies owner, mode and times itself.
+A restore never touches LVs.
+
+Imports only `bareosfd` and the core library (`domu_snapshot`).
+"""
+
+import os
+import re
+import stat
+import threading
+import time
+
+import bareosfd
+
+from domu_snapshot.config import load_config
+from domu_snapshot.errors import DomuError
+
+PLUGIN = "domu-snapshot"
+DEBUG_LEVEL = 100
+
+# Options passed to the core as configuration overrides (the CLI's), and the plugin's own.
+CORE_OPTIONS = ("prefix", "vg", "include", "exclude", "snapshot_size", "chunk_size", "partition",
+                "mount_root", "quiesce", "libvirt_uri")
+PLUGIN_OPTIONS = ("config", "prepare")
+# Consumed by the C side; tolerated in case a file daemon passes them on.
+C_SIDE_OPTIONS = ("module_path", "module_name")
+PREPARE_MODES = ("each", "all")
+EVENTS = (
+    bareosfd.bEventStartBackupJob,
+    bareosfd.bEventEndBackupJob,
+    bareosfd.bEventCancelCommand,
+    bareosfd.bEventJobEnd,
+)
+
+
+# --- options ------------------------------------------------------------------------------------
+
+def parse_options(text):
+    """`key=value:key=value:` (as python-fd passes it) -> dict. As on the C side, a colon after a
+    backslash does not end a value; `\\:` stands for a colon."""
+    options = {}
+    for piece in re.split(r"(?<!\\):", text or ""):
+        if not piece:
+            continue
+        if "=" not in piece:
+            raise DomuError(f"plugin option {piece!r} has no value (expected key=value)")
+        key, value = piece.split("=", 1)
+        key = key.strip().lower().replace("-", "_")
+        if key in C_SIDE_OPTIONS:
+            continue
+        if key not in CORE_OPTIONS + PLUGIN_OPTIONS:
+            known = ", ".join(sorted(CORE_OPTIONS + PLUGIN_OPTIONS))
+            raise DomuError(f"unknown plugin option {key!r} (known: {known})")
+        options[key] = value.replace("\\:", ":")
+    mode = options.get("prepare", "each")
+    if mode not in PREPARE_MODES:
+        raise DomuError(f"prepare must be 'each' or 'all', not {mode!r}")
+    return options
+
+
+def config_overrides(options):
+    return {key: value for key, value in options.items() if key in CORE_OPTIONS}
+
+
+# --- walking a guest's mount ----------------------------------------------------------------------
+
+class Entry:
+    """One thing to hand to the file daemon."""
+
+    __slots__ = ("path", "st", "ftype", "link", "no_read")
+
+    def __init__(self, path, st, ftype, link="", no_read=True):
+        self.path = path
+        self.st = st
+        self.ftype = ftype
+        self.link = link
+        self.no_read = no_read
+
+    def __repr__(self):
+        return f"Entry({self.path!r}, ftype={self.ftype}, link={self.link!r})"
+
+
+def is_utf8(text):
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _count_below(path):
+    """Entries below a directory we cannot save (for the report)."""
+    count = 0
+    stack = [path]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    count += 1
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+        except OSError:
+            pass
+    return count
+
+
+def _list_dir(path):
+    with os.scandir(path) as entries:
+        return sorted((entry.name, entry.path) for entry in entries)
+
+
+def walk_tree(top, problem):
+    """Yield (path, lstat) for everything below `top` and `top` itself; directories come after
+    their contents; symlinks are never followed.
+
+    problem(kind, path, detail) hears about what cannot be yielded: "name" (not valid UTF-8;
+    detail = entries lost with it), "scandir" (unreadable directory; detail = OSError),
+    "lstat" (detail = OSError)."""
+    top_st = os.lstat(top)
+    try:
+        children = _list_dir(top)
+    except OSError as exc:
+        problem("scandir", top, exc)
+        children = []
+    stack = [(top, top_st, iter(children))]
+    while stack:
+        dir_path, dir_st, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            yield dir_path, dir_st
+            continue
+        name, path = child
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            problem("lstat", path, exc)
+            continue
+        if not is_utf8(name):
+            problem("name", path, 1 + (_count_below(path) if stat.S_ISDIR(st.st_mode) else 0))
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                grandchildren = _list_dir(path)
+            except OSError as exc:
+                problem("scandir", path, exc)
+                grandchildren = []
+            stack.append((path, st, iter(grandchildren)))
+            continue
+        yield path, st
+
+
+def classify(path, st):
+    """(ftype, link, no_read) for an lstat result, or (None, reason, True) for what is not saved."""
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return bareosfd.FT_DIREND, path.rstrip("/") + "/", True
+    if stat.S_ISREG(mode):
+        if st.st_size == 0:
+            return bareosfd.FT_REGE, "", True
+        return bareosfd.FT_REG, "", False
+    if stat.S_ISLNK(mode):
+        return bareosfd.FT_LNK, os.readlink(path), True
+    if stat.S_ISFIFO(mode):
+        return bareosfd.FT_FIFO, "", True
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return None, "device node", True
+    if stat.S_ISSOCK(mode):
+        return None, "socket", True
+    return None, "unknown file type", True
+
+
+class GuestStats:
+    def __init__(self):
+        self.entries = 0
+        self.bytes = 0
+        self.bad_names = 0
+        self.skipped = []          # (path, why) of device nodes, sockets, ...
+        self.unreadable = 0
+        self.started = time.monotonic()
+        self._linked = set()
+
+    def count(self, entry):
+        self.entries += 1
+        if entry.ftype == bareosfd.FT_REG:
+            st = entry.st
+            if st.st_nlink > 1:  # the file daemon reads a hard-linked file once
+                key = (st.st_dev, st.st_ino)
+                if key in self._linked:
+                    return
+                self._linked.add(key)
+            self.bytes += st.st_size
+
+
+def disk_entries(root, dev_id, stats, report):
+    """Entries of one mounted guest disk. `report(level, text)` sends job messages; returns via
+    StopIteration the list of directories that could not be read completely."""
+    incomplete = []
+
+    def problem(kind, path, detail):
+        if kind == "name":
+            stats.bad_names += detail
+            more = f" (a directory: {detail - 1} entries below it are not saved either)" if detail > 1 else ""
+            report(bareosfd.M_ERROR,
+                   f"not saved: name is not valid UTF-8, which Bareos file names must be: "
+                   f"{os.fsencode(path)!r}{more}")
+        elif kind == "scandir":
+            stats.unreadable += 1
+            incomplete.append(path)
+            report(bareosfd.M_ERROR, f"cannot read directory {path}: {detail.strerror or detail}")
+        else:
+            stats.unreadable += 1
+            incomplete.append(path)
+            report(bareosfd.M_ERROR, f"cannot stat {path}: {detail.strerror or detail}")
+
+    for path, st in walk_tree(root, problem):
+        try:
+            ftype, link, no_read = classify(path, st)
+        except OSError as exc:  # readlink
+            problem("lstat", path, exc)
+            continue
+        if ftype is None:
+            stats.skipped.append((path, link))
+            continue
+        if not is_utf8(link):
+            stats.bad_names += 1
+            report(bareosfd.M_ERROR, f"not saved: symlink {path} has a target that is not valid "
+                                     f"UTF-8: {os.fsencode(link)!r}")
+            continue
+        entry = Entry(path, _StatView(st, dev_id), ftype, link, no_read)
+        stats.count(entry)
+        yield entry
+    return incomplete
+
+
+class _StatView:
+    """An lstat result with st_dev replaced (see the module docstring: hard links)."""
+
+    __slots__ = ("_st", "st_dev")
+
+    def __init__(self, st, dev_id):
+        self._st = st
+        self.st_dev = dev_id
+
+    def __getattr__(self, name):
+        return getattr(self._st, name)
+
+
+def stat_packet(st):
+    return bareosfd.StatPacket(
+        dev=st.st_dev & 0xFFFFFFFF, ino=st.st_ino, mode=st.st_mode, nlink=min(st.st_nlink, 0xFFFF),
+        uid=st.st_uid, gid=st.st_gid, rdev=st.st_rdev & 0xFFFFFFFF, size=st.st_size,
+        atime=int(st.st_atime), mtime=int(st.st_mtime), ctime=int(st.st_ctime),
+        blksize=st.st_blksize, blocks=st.st_blocks)
+
+
+# --- restore path checks ----------------------------------------------------------------------------
+
+def restore_path_problem(path, where, mount_root=None):
+    """Why writing `path` during a restore to `where` is refused, or None when it is fine."""
+    if not where or os.path.normpath(where) == "/":
+        return ("restoring to the original paths is refused: they are the snapshot mount points; "
+                "restore with where= a directory")
+    base = os.path.normpath(where)
+    if mount_root:
+        root = os.path.normpath(mount_root)
+        if base == root or base.startswith(root + "/"):
+            return f"where={where} lies inside the mount root {mount_root}; choose another directory"
+    if not path or not os.path.isabs(path):
+        return f"{path!r} is not an absolute path"
+    # the file daemon makes the path as where + the backed-up name; only that name is checked
+    prefix = where.rstrip("/") + "/"
+    name = path[len(prefix):] if path.startswith(prefix) else path
+    if ".." in name.split("/"):
+        return f"{path!r} has a '..' component and could leave where={where}"
+    normal = os.path.normpath(path)
+    if not normal.startswith(base + "/"):
+        return f"{path!r} lies outside where={where}"
+    # no symlink between where and the entry (a restored symlink must not redirect later entries)
+    probe = base
+    for part in os.path.relpath(os.path.dirname(normal), base).split("/"):
+        if part in ("", "."):
+            continue
+        probe = os.path.join(probe, part)
+        try:
+            st = os.lstat(probe)
+        except FileNotFoundError:
+            break
+        except OSError as exc:
+            return f"cannot check {probe}: {exc.strerror}"
+        if not stat.S_ISDIR(st.st_mode):
+            return f"{probe} is not a directory (a symlink?); refusing to write {path!r} through it"
+    return None
+
+
+# --- the plugin state ---------------------------------------------------------------------------------
+
+class Plugin:
+    def __init__(self):
+        self.options = {}
+        self.cfg = None
+        self.runner = None
+        self.run_lock = None
+        self.guests = []
+        self.space_errors = {}
+        self.mode = "each"
+        self.level = "F"
+        self.lock = threading.RLock()
+        self.canceled = False
+        self.entries = None          # generator of Entry over all guests
+        self.next_entry = None       # prefetched by end_backup_file
+        self.current = None          # Entry being saved
+        self.fd = -1
+        self.live = {}               # guest name -> Guest, prepared and not torn down
+        self.prepared = {}           # guest name -> GuestResult (prepare=all)
+        self.roots = {}              # mount path (or file) -> "walking" | "complete" | "failed"
+        self.incomplete = []         # directories not read completely
+        self.dev_ids = {}            # mount path -> st_dev stand-in
+        self.failures = 0
+
+    # messages -----------------------------------------------------------------------------------
+    def job(self, level, text):
+        bareosfd.JobMessage(level, f"{PLUGIN}: {text}\n")
+
+    def debug(self, text, level=DEBUG_LEVEL):
+        bareosfd.DebugMessage(level, f"{PLUGIN}: {text}\n")
+
+    def runner_log(self, level, message):
+        """The Runner's log: warnings go to the job log, the rest to the debug log (the plugin
+        reports each guest's result and failure itself)."""
+        if str(level).lower() in ("warning", "warn"):
+            self.job(bareosfd.M_WARNING, str(message))
+        else:
+            self.debug(f"[{level}] {message}", 50)
+
+    # backup: start -------------------------------------------------------------------------------
+    def start_backup(self):
+        # The core's lifecycle is loaded for backups only: a restore never touches LVs.
+        from domu_snapshot.commands import CommandError
+        from domu_snapshot.lifecycle import Runner
+
+        level = bareosfd.GetValue(bareosfd.bVarLevel)
+        self.level = chr(level) if isinstance(level, int) and level > 0 else "F"
+        self.mode = self.options.get("prepare", "each")
+        try:
+            self.cfg = load_config(self.options.get("config") or None,
+                                   overrides=config_overrides(self.options))
+        except DomuError as exc:
+            self.job(bareosfd.M_FATAL, f"configuration: {exc}")
+            return bareosfd.bRC_Error
+        self.runner = Runner(self.cfg, log=self.runner_log)
+        try:
+            # one run at a time, held until the job's teardown
+            self.run_lock = self.runner.lock().acquire()
+            for result in self.runner.reap():
+                self.report_reaped(result)
+            self.guests = list(self.runner.discover())
+            self.space_errors = self.runner.check_space(self.guests, concurrent=self.mode == "all")
+        except (DomuError, CommandError, OSError) as exc:
+            self.job(bareosfd.M_FATAL, f"cannot start: {exc}")
+            self.release_lock()
+            return bareosfd.bRC_Error
+        names = ", ".join(g.name for g in self.guests) or "none"
+        self.job(bareosfd.M_INFO, f"level {self.level}, {len(self.guests)} guest(s): {names} "
+                                  f"(prepare={self.mode}, mount root {self.cfg.mount_root})")
+        self.entries = self.all_entries()
+        return bareosfd.bRC_OK
+
+    def report_reaped(self, result):
+        if result.ok:
+            self.job(bareosfd.M_INFO, f"removed what an earlier run left of guest {result.guest.name}")
+        else:
+            self.job(bareosfd.M_ERROR, f"could not remove what an earlier run left: {result.error}")
+
+    def release_lock(self):
+        if self.run_lock is not None:
+            self.run_lock.release()
+            self.run_lock = None
+
+    # backup: the entries -------------------------------------------------------------------------
+    def all_entries(self):
+        if self.mode == "all":
+            for guest in self.guests:
+                if self.canceled:
+                    return
+                self.prepared[guest.name] = self.prepare(guest)
+        for guest in self.guests:
+            if self.canceled:
+                return
+            result = self.prepared.pop(guest.name, None) or self.prepare(guest)
+            yield from self.guest_entries(guest, result)
+
+    def prepare(self, guest):
+        self.live[guest.name] = guest
+        for disk in guest.disks:
+            self.roots[disk.mount_path] = "failed"  # until its walk completes
+        try:
+            result = self.runner.prepare(guest, self.space_errors.get(guest.name))
+        except Exception as exc:  # prepare tears down after itself; never crash the file daemon
+            result = _Failed(guest, f"{guest.name}: prepare failed: {type(exc).__name__}: {exc}")
+        if not result.ok:
+            self.failures += 1
+            self.job(bareosfd.M_ERROR, f"guest {guest.name}: NOT backed up: {result.error}")
+        elif result.status == "skipped":
+            self.job(bareosfd.M_WARNING, f"guest {guest.name}: skipped: {'; '.join(result.notes)}")
+        else:
+            for note in result.notes:
+                self.job(bareosfd.M_WARNING, f"guest {guest.name}: {note}")
+        return result
+
+    def guest_entries(self, guest, result):
+        stats = GuestStats()
+        finished = False
+        try:
+            if not result.ok or result.status == "skipped":
+                finished = True
+                return
+            xml_path = getattr(result, "domain_xml_path", "")
+            if xml_path:
+                # the domain definition the core wrote next to the first disk's mount
+                self.roots[xml_path] = "walking"
+                try:
+                    st = os.lstat(xml_path)
+                    if stat.S_ISREG(st.st_mode):
+                        entry = Entry(xml_path, _StatView(st, 0), bareosfd.FT_REG, "", st.st_size == 0)
+                        stats.count(entry)
+                        yield entry
+                        self.roots[xml_path] = "complete"
+                except OSError as exc:
+                    self.job(bareosfd.M_ERROR, f"guest {guest.name}: domain definition "
+                                               f"{xml_path}: {exc.strerror}")
+            for disk in result.disks:
+                if not getattr(disk, "mounted", True):
+                    continue
+                root = disk.mount_path
+                self.roots[root] = "walking"
+                self.dev_ids.setdefault(root, len(self.dev_ids) + 1)
+
+                def report(level, text, _guest=guest.name):
+                    self.job(level, f"guest {_guest}: {text}")
+
+                walker = disk_entries(root, self.dev_ids[root], stats, report)
+                while True:
+                    try:
+                        entry = next(walker)
+                    except StopIteration as stop:
+                        self.incomplete.extend(stop.value or [])
+                        self.roots[root] = "complete"
+                        break
+                    except Exception as exc:  # e.g. the mount vanished: this guest only
+                        self.roots[root] = "failed"
+                        self.failures += 1
+                        report(bareosfd.M_ERROR, f"reading {root} failed after {stats.entries} "
+                                                 f"entries: {exc}")
+                        break
+                    if self.canceled:
+                        return
+                    yield entry
+            finished = True
+        finally:
+            self.finish_guest(guest, result, stats, finished)
+
+    def finish_guest(self, guest, result, stats, finished):
+        teardown = self.teardown(guest)
+        if not result.ok or result.status == "skipped":
+            return
+        if teardown is not None and not teardown.ok:
+            self.failures += 1
+            for disk in guest.disks:
+                self.roots[disk.mount_path] = "failed"
+            self.job(bareosfd.M_ERROR, f"guest {guest.name}: backup NOT valid: {teardown.error}")
+        if not finished:
+            for path, state in self.roots.items():
+                if state == "walking":
+                    self.roots[path] = "failed"   # not read completely
+            why = "job canceled" if self.canceled else "job ended early"
+            self.job(bareosfd.M_WARNING, f"guest {guest.name}: stopped after {stats.entries} "
+                                         f"entries ({why})")
+            return
+        if stats.skipped:
+            kinds = "/".join(sorted({why for _path, why in stats.skipped}))
+            examples = ", ".join(path for path, _why in stats.skipped[:5])
+            more = ", ..." if len(stats.skipped) > 5 else ""
+            self.job(bareosfd.M_WARNING,
+                     f"guest {guest.name}: {len(stats.skipped)} entries not saved ({kinds}: the guest "
+                     f"mount is nodev and a restore would create live device files): {examples}{more}")
+        self.job(bareosfd.M_INFO, self.summary(guest, result, teardown, stats))
+
+    def summary(self, guest, result, teardown, stats):
+        disks = "; ".join(d.describe() for d in result.disks if getattr(d, "mounted", True))
+        peaks = [d.peak_percent for d in getattr(teardown, "disks", [])
+                 if getattr(d, "peak_percent", None) is not None]
+        seconds = (time.monotonic() - stats.started + float(result.seconds or 0)
+                   + float(getattr(teardown, "seconds", 0) or 0))
+        parts = [f"guest {guest.name}: {disks}", f"{stats.entries} entries, {_size(stats.bytes)}"]
+        if stats.bad_names:
+            parts.append(f"{stats.bad_names} not saved (names not UTF-8)")
+        if stats.unreadable:
+            parts.append(f"{stats.unreadable} unreadable")
+        parts.append(f"snapshot peak use {max(peaks):.1f}%" if peaks else "snapshot peak use unknown")
+        if result.quiesce and result.quiesce != "none":
+            freeze = f" {result.freeze_ms:.0f} ms" if result.freeze_ms is not None else ""
+            parts.append(f"quiesce {result.quiesce}{freeze}")
+        parts.append(f"{seconds:.1f} s")
+        return ", ".join(parts)
+
+    def teardown(self, guest):
+        """Idempotent; only for guests this job prepared. Returns the GuestResult or None."""
+        if guest.name not in self.live:
+            return None
+        try:
+            report = self.runner.teardown([guest])[0]
+        except Exception as exc:  # e.g. the system state could not be read
+            self.job(bareosfd.M_ERROR, f"guest {guest.name}: teardown failed: {exc}; run "
+                                       f"domu-snapshot cleanup")
+            return _Failed(guest, f"{guest.name}: teardown failed: {exc}")
+        if report.ok or not self.left_over(guest):
+            self.live.pop(guest.name, None)  # e.g. an overflow: reported, but nothing is left
+        return report
+
+    def left_over(self, guest):
+        """Whether the system still shows a snapshot or mount of the guest."""
+        try:
+            leftovers, _foreign = self.runner.leftovers()
+        except Exception:
+            return True
+        keys = {(d.vg, d.lv) for g in leftovers for d in g.disks}
+        return any((d.vg, d.lv) in keys for d in guest.disks)
+
+    def teardown_all(self, why):
+        """EndBackupJob, CancelCommand, JobEnd: stop the walk and release every guest."""
+        with self.lock:
+            if self.entries is not None:
+                entries, self.entries = self.entries, None
+                entries.close()      # finish_guest of the guest being read
+            self.next_entry = None
+            self.close_fd()
+            for name in list(self.live):
+                report = self.teardown(self.live[name])
+                if report is not None and not report.ok:
+                    self.job(bareosfd.M_ERROR, f"guest {name}: teardown at {why} left something "
+                                               f"behind: {report.error}")
+            self.prepared.clear()
+            # Released even with leftovers: the lock is an fd of this job's interpreter and must
+            # not outlive the job; the next run reaps what is left.
+            self.release_lock()
+
+    def cancel(self):
+        self.canceled = True
+        # The file daemon sends this from another thread, possibly while it reads a file of ours
+        # or while the job thread is inside a guest step: then the teardown is left to
+        # EndBackupJob, which the file daemon sends once that thread has stopped.
+        if self.fd < 0 and self.lock.acquire(blocking=False):
+            try:
+                self.teardown_all("cancel")
+            finally:
+                self.lock.release()
+        else:
+            self.debug("cancel: busy, teardown follows at EndBackupJob")
+
+    def advance(self):
+        """The next Entry, or None."""
+        with self.lock:
+            if self.canceled or self.entries is None:
+                return None
+            return next(self.entries, None)
+
+    def close_fd(self):
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+
+    # accurate ---------------------------------------------------------------------------------------
+    def check_file(self, fname):
+        """bRC_Seen keeps a file of an earlier backup that this job did not send; bRC_OK marks it
+        deleted. The file daemon asks after the walk, when every guest is torn down again."""
+        path = fname.rstrip("/") or "/"
+        root = None
+        for candidate in self.roots:
+            if path == candidate or path.startswith(candidate + "/"):
+                if root is None or len(candidate) > len(root):
+                    root = candidate
+        if root is None:
+            return bareosfd.bRC_OK       # not below a guest of this job: gone with its guest
+        state = self.roots[root]
+        if state == "walking":           # still mounted (cannot happen in the usual order)
+            return bareosfd.bRC_Seen if os.path.lexists(path) else bareosfd.bRC_OK
+        if state != "complete":
+            return bareosfd.bRC_Seen     # guest failed, skipped or overflowed: keep the last good
+        for directory in self.incomplete:
+            if path == directory or path.startswith(directory.rstrip("/") + "/"):
+                return bareosfd.bRC_Seen
+        return bareosfd.bRC_OK
+
+
+class _Failed:
+    """A GuestResult-like failure for exceptions the core did not turn into a GuestResult."""
+
+    def __init__(self, guest, message):
+        self.guest = guest
+        self.ok = False
+        self.status = "failed"
+        self.error = message
+        self.disks = []
+        self.notes = []
+        self.seconds = 0.0
+        self.quiesce = "none"
+        self.freeze_ms = None
+        self.domain_xml_path = ""
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024.0
+    return f"{n} B"
+
+
+_plugin = Plugin()
+
+
+# --- entry points called by python-fd -------------------------------------------------------------
+
+def load_bareos_plugin(plugindef):
+    global _plugin
+    _plugin = Plugin()
+    bareosfd.RegisterEvents(list(EVENTS))
+    return bareosfd.bRC_OK
+
+
+def parse_plugin_definition(plugindef):
+    try:
+        _plugin.options = parse_options(plugindef)
+    except DomuError as exc:
+        _plugin.job(bareosfd.M_FATAL, str(exc))
+        return bareosfd.bRC_Error
+    return bareosfd.bRC_OK
+
+
+def handle_plugin_event(event):
+    if event == bareosfd.bEventStartBackupJob:
+        return _plugin.start_backup()
+    if event == bareosfd.bEventCancelCommand:
+        _plugin.cancel()
+    elif event in (bareosfd.bEventEndBackupJob, bareosfd.bEventJobEnd):
+        _plugin.teardown_all("end of job" if event == bareosfd.bEventJobEnd else "end of backup")
+    return bareosfd.bRC_OK
+
+
+def start_backup_file(savepkt):
+    entry = _plugin.next_entry or _plugin.advance()
+    _plugin.next_entry = None
+    if entry is None:
+        # Nothing to save at all (no guest, or none could be read). Bareos 23+ ends the plugin's
+        # part of the job here; 22.0 reports it as an error, which a job without guests is.
+        if _plugin.runner is not None and not _plugin.failures and not _plugin.canceled:
+            _plugin.job(bareosfd.M_WARNING, "no guest to back up")
+        return bareosfd.bRC_Stop
+    _plugin.current = entry
+    savepkt.fname = entry.path
+    savepkt.link = entry.link
+    savepkt.statp = stat_packet(entry.st)
+    savepkt.type = entry.ftype
+    savepkt.no_read = entry.no_read
+    return bareosfd.bRC_OK
+
+
+def end_backup_file():
+    # Fetch the next entry now so that "nothing more" is an OK here rather than a bRC_Stop from
+    # start_backup_file (which Bareos 22.0 does not accept).
+    _plugin.current = None
+    _plugin.next_entry = _plugin.advance()
+    return bareosfd.bRC_More if _plugin.next_entry is not None else bareosfd.bRC_OK
+
+
+_IN_CORE = hasattr(bareosfd, "iostat_do_in_core")
+_NOATIME = getattr(os, "O_NOATIME", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+def plugin_io(iop):
+    try:
+        if iop.func == bareosfd.IO_OPEN:
+            return _io_open(iop)
+        if iop.func == bareosfd.IO_READ:
+            data = os.read(_plugin.fd, iop.count)
+            iop.buf = bytearray(data)
+            iop.status = len(data)
+            return bareosfd.bRC_OK
+        if iop.func == bareosfd.IO_WRITE:
+            view = memoryview(iop.buf or b"")[:iop.count]
+            while view:
+                view = view[os.write(_plugin.fd, view):]
+            iop.status = iop.count
+            return bareosfd.bRC_OK
+        if iop.func == bareosfd.IO_CLOSE:
+            _plugin.close_fd()
+            iop.status = 0
+            return bareosfd.bRC_OK
+        if iop.func == bareosfd.IO_SEEK:
+            iop.status = os.lseek(_plugin.fd, iop.offset, iop.whence)
+            return bareosfd.bRC_OK
+    except OSError as exc:
+        iop.io_errno = exc.errno or 0
+        iop.status = -1
+        _plugin.job(bareosfd.M_ERROR, f"I/O on {iop.fname or _plugin.current}: {exc.strerror}")
+        return bareosfd.bRC_Error
+    iop.status = -1
+    return bareosfd.bRC_Error
+
+
+def _io_open(iop):
+    _plugin.close_fd()
+    writing = bool(iop.flags & (os.O_WRONLY | os.O_RDWR))
+    if writing:
+        path = iop.fname
+        problem = restore_path_problem(path, _restore_where(), _plugin.options.get("mount_root"))
+        if problem:
+            _plugin.job(bareosfd.M_ERROR, f"restore refused: {problem}")
+            iop.status = -1
+            iop.io_errno = 1  # EPERM
+            return bareosfd.bRC_Error
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC, 0o600)
+    else:
+        entry = _plugin.current
+        if entry is None or entry.path != iop.fname:
+            raise OSError(2, f"IO_OPEN for {iop.fname!r}, which is not the entry being saved")
+        flags = os.O_RDONLY | _NOFOLLOW | _CLOEXEC
+        try:
+            fd = os.open(entry.path, flags | _NOATIME)
+        except PermissionError:
+            fd = os.open(entry.path, flags)  # O_NOATIME needs ownership or CAP_FOWNER
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_ino != entry.st.st_ino:
+            os.close(fd)
+            raise OSError(116, f"{entry.path} changed since it was listed")
+    _plugin.fd = fd
+    if _IN_CORE:
+        iop.filedes = fd
+        iop.status = bareosfd.iostat_do_in_core
+    else:
+        iop.status = 0
+    return bareosfd.bRC_OK
+
+
+def get_acl(acl):
+    return bareosfd.bRC_OK
+
+
+def get_xattr(xattr):
+    return bareosfd.bRC_OK
+
+
+def set_acl(acl):
+    return bareosfd.bRC_OK
+
+
+def set_xattr(xattr):
+    return bareosfd.bRC_OK
+
+
+def check_file(fname):
+    return _plugin.check_file(fname)
+
+
+def handle_backup_file(savepkt):
+    return bareosfd.bRC_OK
+
+
+def restore_object_data(rop):
+    return bareosfd.bRC_OK
+
+
+# --- restore --------------------------------------------------------------------------------------
+
+def _restore_where():
+    where = bareosfd.GetValue(bareosfd.bVarWhere)
+    return where or ""
+
+
+def start_restore_file(cmd):
+    return bareosfd.bRC_OK
+
+
+def end_restore_file():
+    _plugin.close_fd()
+    return bareosfd.bRC_OK
+
+
+def create_file(restorepkt):
+    where = restorepkt.where or _restore_where()
+    mount_root = _plugin.options.get("mount_root")
+    problem = restore_path_problem(restorepkt.ofname, where, mount_root)
+    if problem is None and restorepkt.type == bareosfd.FT_LNKSAVED:
+        problem = restore_path_problem(restorepkt.olname, where, mount_root)
+    if problem:
+        _plugin.job(bareosfd.M_ERROR, f"restore refused: {problem}")
+        restorepkt.create_status = bareosfd.CF_ERROR
+        return bareosfd.bRC_OK
+    restorepkt.create_status = bareosfd.CF_CORE
+    return bareosfd.bRC_OK
+
+
+def set_file_attributes(restorepkt):
+    """Owner, mode and times: python-fd ignores a CF_CORE set here, so the core will not."""
+    path = restorepkt.ofname
+    where = restorepkt.where or _restore_where()
+    problem = restore_path_problem(path, where, _plugin.options.get("mount_root"))
+    if problem:
+        return bareosfd.bRC_OK  # create_file already refused and reported it
+    st = restorepkt.statp
+    try:
+        current = os.lstat(path)
+    except FileNotFoundError:
+        return bareosfd.bRC_OK  # not created (the file daemon reported why)
+    try:
+        try:
+            os.lchown(path, st.st_uid, st.st_gid)
+        except PermissionError:
+            if os.geteuid() == 0:
+                raise
+        if not stat.S_ISLNK(current.st_mode):
+            os.chmod(path, stat.S_IMODE(st.st_mode))
+        os.utime(path, ns=(st.st_atime * 10 ** 9, st.st_mtime * 10 ** 9), follow_symlinks=False)
+    except OSError as exc:
+        _plugin.job(bareosfd.M_ERROR, f"cannot set attributes of {path}: {exc.strerror}")
+    return bareosfd.bRC_OK

@@ -1,0 +1,139 @@
+"""Plugin options and the Bareos example configurations in etc/bareos (used as they are)."""
+
+import re
+
+import pytest
+
+from tests import fd_harness
+from tests.fd_harness import bareosfd
+
+plugin = fd_harness.import_plugin()
+DomuError = plugin.DomuError
+
+
+def test_options_mirror_the_cli(monkeypatch, tmp_path):
+    options = plugin.parse_options(
+        "prefix=web-:vg=vg0,vg1:include=web-*,db-?:exclude=*-tmp:snapshot_size=20%ORIGIN:"
+        "chunk_size=64k:partition=2:mount_root=/srv/m:config=/etc/x.conf:prepare=all:"
+        "quiesce=none:libvirt_uri=qemu\\:///system:")
+    assert options["libvirt_uri"] == "qemu:///system"
+    assert options["prepare"] == "all" and options["config"] == "/etc/x.conf"
+    overrides = plugin.config_overrides(options)
+    assert overrides == {"prefix": "web-", "vg": "vg0,vg1", "include": "web-*,db-?",
+                         "exclude": "*-tmp", "snapshot_size": "20%ORIGIN", "chunk_size": "64k",
+                         "partition": "2", "mount_root": "/srv/m", "quiesce": "none",
+                         "libvirt_uri": "qemu:///system"}
+    # the core accepts them as its overrides
+    monkeypatch.setenv("DOMU_SNAPSHOT_CONFIG", str(tmp_path / "none.conf"))
+    cfg = plugin.load_config(None, overrides=overrides)
+    assert cfg.vgs == ["vg0", "vg1"] and cfg.include == ["web-*", "db-?"]
+    assert (cfg.mount_root, cfg.partition, cfg.quiesce) == ("/srv/m", "2", "none")
+
+
+def test_options_tolerate_c_side_keys_and_empty_text():
+    assert plugin.parse_options("") == {}
+    assert plugin.parse_options("module_path=/x:module_name=y:prefix=a:") == {"prefix": "a"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("prefx=a:", "unknown plugin option 'prefx'"),
+    ("defaults_file=/x:", "unknown plugin option"),
+    ("prepare=some:", "prepare must be"),
+    ("prefix:", "has no value"),
+])
+def test_bad_options_are_refused(text, message):
+    with pytest.raises(DomuError, match=re.escape(message)):
+        plugin.parse_options(text)
+
+
+def test_bad_option_fails_the_job_before_touching_anything(monkeypatch, tmp_path):
+    calls = fd_harness.install_dir_runner(monkeypatch, [fd_harness.FakeGuest("g", [tmp_path])])
+    fd = fd_harness.FileDaemon(fd_harness.example_plugin_definition(
+        module_path=str(fd_harness.PLUGIN_DIR), prepare="sometimes"))
+    result = fd.backup()
+    assert result.status == "f"
+    assert any("prepare must be" in text for text in result.job.fatal)
+    assert calls == []
+
+
+def test_fileset_example_feeds_the_plugin(monkeypatch, tmp_path):
+    definition = fd_harness.parse_fileset_plugin(
+        (fd_harness.ETC_BAREOS / "domu-snapshot-plugin.conf").read_text())
+    assert definition.startswith("python3:module_path=/usr/lib/bareos/plugins:"
+                                 "module_name=bareos-fd-domu-snapshot:")
+    _path, name, options = fd_harness.split_definition(definition)
+    assert name == fd_harness.PLUGIN_MODULE
+    assert (fd_harness.PLUGIN_DIR / f"{name}.py").is_file()
+    assert plugin.parse_options(options)["mount_root"] == "/var/lib/domu-snapshot/mnt"
+    # the same string, with only module_path pointing at this tree, drives a whole job
+    monkeypatch.setenv("DOMU_SNAPSHOT_CONFIG", str(tmp_path / "none.conf"))
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "f").write_text("x")
+    fd_harness.install_dir_runner(monkeypatch, [fd_harness.FakeGuest("g", [tmp_path / "g"])])
+    result = fd_harness.FileDaemon(
+        fd_harness.example_plugin_definition(module_path=str(fd_harness.PLUGIN_DIR))).backup()
+    assert result.status == "T", result.job.messages
+    assert [r.fname for r in result.records] == [f"{tmp_path}/g/f", f"{tmp_path}/g"]
+
+
+def test_plugin_copes_with_module_keys_in_its_options(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOMU_SNAPSHOT_CONFIG", str(tmp_path / "none.conf"))
+    (tmp_path / "g").mkdir()
+    fd_harness.install_dir_runner(monkeypatch, [fd_harness.FakeGuest("g", [tmp_path / "g"])])
+    fd = fd_harness.FileDaemon(
+        fd_harness.example_plugin_definition(module_path=str(fd_harness.PLUGIN_DIR)),
+        keep_module_options=True)
+    assert fd.options.startswith("module_path=")
+    assert fd.backup().status == "T"
+
+
+def test_client_example_loads_python3():
+    text = (fd_harness.ETC_BAREOS / "bareos-fd-client.conf").read_text()
+    assert fd_harness.config_values(text, "Plugin Names") == ["python3"]
+    assert fd_harness.config_values(text, "Plugin Directory") == ["/usr/lib/bareos/plugins"]
+
+
+def _blocks(text, name):
+    """Bodies of `name { ... }` blocks (no nesting inside them), comments removed."""
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    return re.findall(r"\b" + name + r"\s*\{([^{}]*)\}", code, flags=re.I)
+
+
+def test_helpers_example_tears_down_after_failures_too():
+    text = (fd_harness.ETC_BAREOS / "domu-snapshot-helpers.conf").read_text()
+    scripts = _blocks(text, "RunScript")
+    assert len(scripts) == 2
+    found = {}
+    for body in scripts:
+        values = {key.replace(" ", "").lower(): fd_harness.config_values(body, key)[0]
+                  for key in ("RunsWhen", "RunsOnSuccess", "RunsOnFailure", "RunsOnClient",
+                              "Command", "Fail Job On Error")}
+        assert values["runsonsuccess"] == "yes"
+        assert values["runsonfailure"] == "yes"
+        assert values["runsonclient"] == "yes"
+        assert values["failjobonerror"] == "no"
+        found[values["runswhen"]] = values["command"]
+    assert found == {"Before": "foreach-domu mount", "After": "foreach-domu unmount"}
+    fileset = fd_harness.config_values(text, "File")
+    assert fileset == ["/var/lib/domu-snapshot/mnt"]
+    assert [v.lower() for v in fd_harness.config_values(text, "One FS")] == ["no"]
+
+
+def test_plugin_example_job_uses_its_fileset():
+    text = (fd_harness.ETC_BAREOS / "domu-snapshot-plugin.conf").read_text()
+    names = fd_harness.config_values(text, "Name")
+    assert "domu-snapshot-plugin" in names
+    assert fd_harness.config_values(text, "FileSet") == ["domu-snapshot-plugin"]
+    assert fd_harness.config_values(text, "Accurate") == ["yes"]
+
+
+def test_register_events(monkeypatch):
+    fd = fd_harness.FileDaemon("python3:module_path=%s:module_name=%s:prefix=x"
+                               % (fd_harness.PLUGIN_DIR, fd_harness.PLUGIN_MODULE))
+    fd._start_job("F", "B")
+    try:
+        assert fd._load(fd.options) == bareosfd.bRC_OK
+        assert {bareosfd.bEventStartBackupJob, bareosfd.bEventEndBackupJob,
+                bareosfd.bEventCancelCommand, bareosfd.bEventJobEnd} <= fd.job.registered_events
+    finally:
+        fd._end_job()

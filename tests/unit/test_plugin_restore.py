@@ -1,0 +1,122 @@
+"""Restore through the plugin: CF_CORE under `where`, paths that would escape are refused."""
+
+import os
+import stat
+
+import pytest
+
+from tests import fd_harness
+from tests.fd_harness import Record, bareosfd
+
+plugin = fd_harness.import_plugin()
+DEFINITION = f"python3:module_path={fd_harness.PLUGIN_DIR}:module_name={fd_harness.PLUGIN_MODULE}:" \
+             "mount_root=/var/lib/domu-snapshot/mnt"
+
+
+def _stat(mode, size=0, uid=0, gid=0, mtime=1_600_000_000):
+    return {"st_dev": 1, "st_ino": 10, "st_mode": mode, "st_nlink": 1, "st_uid": uid,
+            "st_gid": gid, "st_rdev": 0, "st_size": size, "st_atime": mtime, "st_mtime": mtime,
+            "st_ctime": mtime, "st_blksize": 4096, "st_blocks": 0}
+
+
+def regular(fname, data, mode=0o640, **kw):
+    return Record(fname=fname, type=bareosfd.FT_REG, stat=_stat(stat.S_IFREG | mode, len(data), **kw),
+                  data=data)
+
+
+def symlink(fname, target):
+    return Record(fname=fname, type=bareosfd.FT_LNK, stat=_stat(stat.S_IFLNK | 0o777), link=target)
+
+
+def directory(fname, mode=0o755, **kw):
+    return Record(fname=fname, type=bareosfd.FT_DIREND, stat=_stat(stat.S_IFDIR | mode, **kw),
+                  link=fname + "/")
+
+
+@pytest.mark.parametrize("path, where, expected", [
+    ("/r/var/lib/x", "/r", None),
+    ("/tmp/../r/var/lib/x", "/tmp/../r", None),
+    ("/r/var/../../etc/passwd", "/r", "'..' component"),
+    ("/elsewhere/x", "/r", "outside where"),
+    ("/var/lib/x", "", "original paths is refused"),
+    ("/var/lib/x", "/", "original paths is refused"),
+    ("/var/lib/domu-snapshot/mnt/r/x", "/var/lib/domu-snapshot/mnt/r", "inside the mount root"),
+    ("relative/x", "/r", "not an absolute path"),
+])
+def test_restore_path_problem(path, where, expected):
+    problem = plugin.restore_path_problem(path, where, "/var/lib/domu-snapshot/mnt")
+    if expected is None:
+        assert problem is None
+    else:
+        assert expected in problem
+
+
+def test_symlink_inside_where_is_not_followed(tmp_path):
+    where = tmp_path / "where"
+    (where / "a").mkdir(parents=True)
+    (where / "a" / "link").symlink_to(tmp_path / "outside")
+    problem = plugin.restore_path_problem(str(where / "a" / "link" / "passwd"), str(where))
+    assert "refusing to write" in problem
+    assert plugin.restore_path_problem(str(where / "a" / "new" / "f"), str(where)) is None
+
+
+def test_restore_writes_under_where_and_sets_attributes(monkeypatch, tmp_path):
+    calls = fd_harness.install_dir_runner(monkeypatch, [])
+    where = tmp_path / "where"
+    base = "/var/lib/domu-snapshot/mnt/vg0/domu-a"
+    records = [
+        regular(f"{base}/etc/motd", b"hello\n", mode=0o604, uid=1234, gid=2345, mtime=1_500_000_000),
+        symlink(f"{base}/etc/localtime", "/usr/share/zoneinfo/UTC"),
+        directory(f"{base}/etc", mode=0o711, uid=3, gid=4, mtime=1_400_000_000),
+    ]
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore(records, str(where))
+    assert job.errors == []
+    assert statuses == {records[0].fname: "extract", records[1].fname: "created",
+                        records[2].fname: "created"}
+    motd = os.lstat(f"{where}{base}/etc/motd")
+    assert (stat.S_IMODE(motd.st_mode), motd.st_uid, motd.st_gid, int(motd.st_mtime)) == \
+        (0o604, 1234, 2345, 1_500_000_000)
+    assert open(f"{where}{base}/etc/motd", "rb").read() == b"hello\n"
+    assert os.readlink(f"{where}{base}/etc/localtime") == "/usr/share/zoneinfo/UTC"
+    etc = os.lstat(f"{where}{base}/etc")
+    assert (stat.S_IMODE(etc.st_mode), etc.st_uid, int(etc.st_mtime)) == (0o711, 3, 1_400_000_000)
+    assert calls == []  # a restore never makes a Runner: no LV is touched
+
+
+def test_escaping_paths_are_refused(monkeypatch, tmp_path):
+    fd_harness.install_dir_runner(monkeypatch, [])
+    where = tmp_path / "where"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    records = [
+        regular("/../../outside/evil", b"x"),             # where + fname climbs out
+        symlink("/guest/etc", str(outside)),               # a symlink in the restored tree ...
+        regular("/guest/etc/passwd", b"root::0:0::/:/bin/sh\n"),  # ... must not redirect this
+    ]
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore(records, str(where))
+    assert statuses[records[0].fname] == "error"
+    assert statuses[records[1].fname] == "created"
+    assert statuses[records[2].fname] == "error"
+    refused = [text for text in job.errors if "restore refused" in text]
+    assert len(refused) == 2
+    assert os.listdir(outside) == []
+    assert not (tmp_path / "outside" / "evil").exists()
+
+
+def test_restore_to_the_original_paths_is_refused(monkeypatch, tmp_path):
+    fd_harness.install_dir_runner(monkeypatch, [])
+    target = tmp_path / "orig" / "file"
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore([regular(str(target), b"x")], "")
+    assert statuses == {str(target): "error"}
+    assert any("original paths is refused" in text for text in job.errors)
+    assert not target.exists()
+
+
+def test_restore_without_in_core_io(monkeypatch, tmp_path):
+    """A bareosfd without iostat_do_in_core: the plugin writes through IO_WRITE itself."""
+    monkeypatch.delattr(bareosfd, "iostat_do_in_core")
+    data = os.urandom(200_000)
+    record = regular("/g/big", data)
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore([record], str(tmp_path / "w"))
+    assert job.errors == [] and statuses == {"/g/big": "extract"}
+    assert (tmp_path / "w" / "g" / "big").read_bytes() == data
