@@ -104,7 +104,6 @@ def main(argv=None):
     out = Output(cfg.syslog)
     commands.set_dry_run(cfg.dry_run, printer=lambda text: out("info", text))
     runner = Runner(cfg, log=out)
-    _install_quiesce(runner, out)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_on_signal)
     handler = {"list": cmd_list, "mount": cmd_mount, "unmount": cmd_unmount, "status": cmd_status,
@@ -124,17 +123,6 @@ def main(argv=None):
         out("error", f"interrupted ({exc or 'SIGINT'}); the guest in progress was torn down; "
                      f"run `domu-snapshot status` to see what is still mounted")
         return EXIT_GUEST_FAILED
-
-
-def _install_quiesce(runner, out):
-    """Quiesce through libvirt when the quiesce module is present (it is optional)."""
-    try:
-        from . import quiesce
-    except ImportError:
-        return
-    install = getattr(quiesce, "install", None)
-    if install is not None:
-        install(runner, out)
 
 
 def foreach_main(argv=None):
@@ -213,9 +201,25 @@ def cmd_cleanup(runner, args, out):
     return EXIT_GUEST_FAILED if any(not r.ok for r in results) else EXIT_OK
 
 
+def _logical_sector_size(path):
+    """The block device's logical sector size (sysfs); 512 when it cannot be read."""
+    try:
+        rdev = os.stat(path).st_rdev
+        with open(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/queue/logical_block_size") as handle:
+            return int(handle.read())
+    except (OSError, ValueError):
+        return 512
+
+
 def _probe_origin(disk):
-    """Partition choice of an origin LV, read through a read-only loop device."""
-    device = commands.run(["losetup", "--read-only", "--find", "--show", disk.lv_path], changes_system=False).stdout.strip()
+    """Partition choice of an origin LV, read through a read-only loop device (with the LV's
+    logical sector size: a loop device has 512-byte sectors unless told, and the LBAs of a table
+    written on a 4096-byte-sector disk count 4 KiB sectors)."""
+    argv = ["losetup", "--read-only", "--find", "--show"]
+    sector_size = _logical_sector_size(disk.lv_path)
+    if sector_size != 512:
+        argv += ["--sector-size", str(sector_size)]
+    device = commands.run(argv + [disk.lv_path], changes_system=False).stdout.strip()
     try:
         return partitions.probe_isolated(device)
     finally:

@@ -74,10 +74,22 @@ def replay(loop_device):
     before = read_superblock(loop_device)
     done = []
     if before is not None and before.needs_recovery:
-        commands.run(["e2fsck", "-p", "-E", "journal_only", loop_device], ok_codes=E2FSCK_OK, changes_system=True)
+        _e2fsck(["e2fsck", "-p", "-E", "journal_only", loop_device])
         done.append("journal replayed")
     after = read_superblock(loop_device)
     if after is None or not after.clean or after.has_orphans or after.needs_recovery:
-        proc = commands.run(["e2fsck", "-p", loop_device], ok_codes=E2FSCK_OK, changes_system=True)
+        proc = _e2fsck(["e2fsck", "-p", loop_device])
         done.append("preened" + (" (errors corrected)" if proc.returncode else ""))
     return ", ".join(done) or "clean"
+
+
+def _e2fsck(argv):
+    """e2fsck -p names the problem it could not fix on stdout ("Root inode is not a directory")
+    and only "UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY" on stderr: a failure carries both."""
+    try:
+        return commands.run(argv, ok_codes=E2FSCK_OK, changes_system=True)
+    except commands.CommandError as exc:
+        if exc.returncode is None or not exc.stdout.strip() or not exc.stderr.strip():
+            raise
+        raise commands.CommandError(exc.argv, exc.returncode, "",
+                                    exc.stdout.strip() + "\n" + exc.stderr.strip()) from None

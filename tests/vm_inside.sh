@@ -14,6 +14,7 @@ fail_setup() {
     exit 125
 }
 
+: > "$run_dir/started"   # the VM booted: the host retries a boot only when this is missing
 cd "$repo" || fail_setup "cannot cd to $repo"
 
 export LVM_SUPPRESS_FD_WARNINGS=1     # lvm warns about fds inherited from virtme's init

@@ -4,7 +4,7 @@ The host kernel has no device-mapper, so everything that needs LVM runs in a VM 
 virtme-ng with Debian's generic kernel, sharing the host's root filesystem read-only (writable
 overlays on /tmp, /var, /etc, ...). One boot runs one command, normally the whole vm suite:
 
-    python -m tests.vmbed [--memory 3G] [--timeout 3600] [--run-dir DIR] [-- COMMAND...]
+    python -m tests.vmbed [--memory 3G] [--timeout 4200] [--run-dir DIR] [-- COMMAND...]
 
 Without a command it runs `pytest -m vm tests` and leaves junit.xml in the run directory.
 The run directory (default `.vmrun/<timestamp>-<pid>/`) is the only place the VM can write that
@@ -12,7 +12,8 @@ the host sees: it holds the command, console.log and `exit-code`, written by
 tests/vm_inside.sh after the command ends. No exit-code file means the command never ran, which
 is a failure whatever qemu returned.
 
-Environment: DOMU_VM_MEMORY, DOMU_VM_CPUS, DOMU_VM_TIMEOUT (seconds), DOMU_VM_KVM=1 (try KVM,
+Environment: DOMU_VM_MEMORY, DOMU_VM_CPUS, DOMU_VM_TIMEOUT (seconds, default 4200: below CI's
+90 minutes with room for set-up, so a stuck VM ends with a clear message), DOMU_VM_KVM=1 (try KVM,
 with a probe; the default is software emulation because KVM aborts on these machines).
 Variables named DOMU_* and PYTEST_ADDOPTS are passed into the VM.
 
@@ -144,11 +145,11 @@ def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: 
     out = out or sys.stdout
     memory = memory or os.environ.get("DOMU_VM_MEMORY", "3G")
     cpus = int(cpus or os.environ.get("DOMU_VM_CPUS", "2"))
-    timeout = float(timeout or os.environ.get("DOMU_VM_TIMEOUT", "3600"))
+    timeout = float(timeout or os.environ.get("DOMU_VM_TIMEOUT", "4200"))
     run_dir = Path(run_dir).resolve() if run_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     exit_file = run_dir / "exit-code"
-    exit_file.unlink(missing_ok=True)
+    started_file = run_dir / "started"
     # argv and environment go through NUL-separated files: no quoting through vng's shell
     (run_dir / "command").write_bytes(b"".join(os.fsencode(a) + b"\0" for a in command))
     passed = {k: v for k, v in os.environ.items() if PASSTHROUGH_ENV.match(k)}
@@ -166,39 +167,23 @@ def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: 
 
     before = host_state()
     start = time.monotonic()
-    timed_out = threading.Event()
-    with open(run_dir / "console.log", "wb") as log:
-        proc = subprocess.Popen(argv, env=_vng_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-
-        def kill_on_timeout():
-            if proc.poll() is None:
-                timed_out.set()
-                _kill_group(proc)
-
-        timer = threading.Timer(timeout, kill_on_timeout)
-        timer.daemon = True
-        timer.start()
-        try:
-            for line in iter(proc.stdout.readline, b""):
-                log.write(line)
-                log.flush()
-                out.write(line.decode("utf-8", "replace"))
-                out.flush()
-            proc.wait()
-        except KeyboardInterrupt:
-            _kill_group(proc)
-            raise
-        finally:
-            timer.cancel()
+    for attempt in (1, 2):
+        exit_file.unlink(missing_ok=True)
+        started_file.unlink(missing_ok=True)
+        returncode, timed_out = _boot(argv, run_dir, start + timeout - time.monotonic(), out)
+        # A VM that never reached vm_inside.sh (qemu or virtme failing at start, seen once among
+        # several concurrent boots) is booted once more; a command that started is never rerun.
+        if timed_out or exit_file.exists() or started_file.exists() or attempt == 2:
+            break
+        print(f"vmbed: the VM did not boot (vng exited {returncode}); booting again", file=out, flush=True)
     seconds = time.monotonic() - start
 
     result = VmResult(exit_code=0, run_dir=run_dir, seconds=seconds, ran=False)
-    if timed_out.is_set():
+    if timed_out:
         result.exit_code, result.message = EXIT_TIMEOUT, f"the VM was killed after the {timeout:.0f}s timeout"
     elif not exit_file.exists():
         result.exit_code = EXIT_NOT_RUN
-        result.message = (f"the VM did not run the command (no {exit_file.name}; vng exited {proc.returncode}); "
+        result.message = (f"the VM did not run the command (no {exit_file.name}; vng exited {returncode}); "
                           f"see {os.path.relpath(run_dir)}/console.log")
     else:
         text = exit_file.read_text().strip()
@@ -213,6 +198,36 @@ def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: 
         if result.exit_code == 0:
             result.exit_code = EXIT_HOST_LEFTOVER
     return result
+
+
+def _boot(argv: list[str], run_dir: Path, timeout: float, out) -> tuple[int, bool]:
+    """Run vng, copy its output live to `out` and console.log; (vng's exit code, timed out)."""
+    timed_out = threading.Event()
+    with open(run_dir / "console.log", "ab") as log:
+        proc = subprocess.Popen(argv, env=_vng_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+        def kill_on_timeout():
+            if proc.poll() is None:
+                timed_out.set()
+                _kill_group(proc)
+
+        timer = threading.Timer(max(timeout, 1), kill_on_timeout)
+        timer.daemon = True
+        timer.start()
+        try:
+            for line in iter(proc.stdout.readline, b""):
+                log.write(line)
+                log.flush()
+                out.write(line.decode("utf-8", "replace"))
+                out.flush()
+            proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            raise
+        finally:
+            timer.cancel()
+    return proc.returncode, timed_out.is_set()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -238,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.vmbed", description=__doc__.split("\n\n")[0])
     p.add_argument("--memory", help="VM memory (default $DOMU_VM_MEMORY or 3G)")
     p.add_argument("--cpus", type=int, help="VM cpus (default $DOMU_VM_CPUS or 2)")
-    p.add_argument("--timeout", type=float, help="seconds before the VM is killed (default $DOMU_VM_TIMEOUT or 3600)")
+    p.add_argument("--timeout", type=float, help="seconds before the VM is killed (default $DOMU_VM_TIMEOUT or 4200)")
     p.add_argument("--run-dir", help="results directory (default .vmrun/<timestamp>-<pid>)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set in the VM")
     args = p.parse_args(argv)
