@@ -216,3 +216,6 @@ def remove_snapshot(lv, retries=5):
         lambda: commands.run(["lvremove", "--yes", lv.key], changes_system=True),
         attempts=retries,
     )
+    # Let udev finish with the removed devices: an lvcreate of the same name right after
+    # (a leftover replaced by a fresh snapshot) can otherwise fail with "device not cleared".
+    commands.settle()
