@@ -15,7 +15,8 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := lvm2 thin-provisioning-tools parted fdisk e2fsprogs dosfstools xfsprogs btrfs-progs \
 	cryptsetup-bin udev kmod util-linux \
 	qemu-system-x86 linux-image-amd64 busybox-static \
-	python3-venv python3-dev python3-parted python3-libvirt libparted-dev pkg-config \
+	python3-venv python3-dev python3-setuptools python3-wheel python3-parted python3-libvirt \
+	libparted-dev pkg-config \
 	bacula-director bacula-director-sqlite3 bacula-sd bacula-fd bacula-console
 BACULA_SERVICES := bacula-director bacula-sd bacula-fd
 PIP_PACKAGES := virtme-ng==1.42

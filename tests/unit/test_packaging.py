@@ -40,6 +40,8 @@ def test_pip_install_into_a_fresh_venv(tmp_path):
     # Debian's python with system site packages: pyparted comes from python3-parted, as on a host.
     base = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
     subprocess.run([base, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # The build backend is Debian's setuptools and wheel (python3-setuptools, python3-wheel, seen
+    # through the system site packages): no download, so this stays fast and works offline.
     pip = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps",
                           "--no-build-isolation", "--disable-pip-version-check", str(src)],
                          capture_output=True, text=True)
