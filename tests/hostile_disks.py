@@ -248,6 +248,15 @@ def build_gpt_absurd_entry_size(image: Path) -> Expect:
     return _absurd_gpt(image, entry_size=256 * MiB)
 
 
+def build_gpt_zero_entries(image: Path) -> Expect:
+    """Both GPT headers valid but claiming 0 entries: libparted 3.5 asserts in ped_malloc(0) and
+    aborts the process. Only the crash-isolated probe child dies; the guest fails cleanly."""
+    total = image_sectors(image)
+    _ext_partition(image, "gpt-zero-entries", 1, 2048, total - 2048)
+    write_gpt(image, [GptPart(2048, total - 2048)], entries=0)
+    return Expect(step="partition probe", message=("crashed (SIGABRT)", "the table is malformed"))
+
+
 def build_past_end(image: Path) -> Expect:
     """msdos partition 1 (ext4 inside) ends 8 MiB past the end of the disk. libparted lists it as
     it is; the core refuses it (a loop device would read beyond the LV)."""
@@ -373,6 +382,7 @@ CASES = {c.name: c for c in [
     Case("random-first-mib", "random bytes in the first MiB", 16, build_random_first_mib),
     Case("gpt-absurd-entry-count", "GPT claiming 2^31-1 entries", 16, build_gpt_absurd_entry_count),
     Case("gpt-absurd-entry-size", "GPT with 256 MiB entries", 16, build_gpt_absurd_entry_size),
+    Case("gpt-zero-entries", "GPT claiming 0 entries (libparted aborts)", 16, build_gpt_zero_entries),
     Case("past-end", "partition ending past the disk's end", 16, build_past_end),
     Case("overlapping", "overlapping partitions", 16, build_overlapping),
     Case("grown-gpt", "GPT of a smaller disk (grown LV)", 32, build_grown_gpt),

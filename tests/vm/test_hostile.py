@@ -83,6 +83,12 @@ def guest_line(proc, name):
     return found[0]
 
 
+def cleanup_if_needed(gvg):
+    """After a failed test: the tool's own cleanup, so that the VG can go."""
+    if gvg.leftovers() or root_entries():
+        cli("cleanup", vg=gvg.vg)
+
+
 def statvfs_flags(path):
     flags = os.statvfs(path).f_flag
     return {name for name in ("ST_RDONLY", "ST_NOSUID", "ST_NODEV", "ST_NOEXEC") if flags & getattr(os, name)}
@@ -93,7 +99,7 @@ def hvg():
     WORK.mkdir(parents=True, exist_ok=True)
     gvg = guestdisks.GuestVG(VG, size_mib=1024).create()
     yield gvg
-    cli("cleanup")
+    cleanup_if_needed(gvg)
     left = gvg.destroy()
     assert left == [], f"left on VG {VG}: {left}"
 
@@ -102,8 +108,10 @@ def hvg():
 
 @pytest.fixture(scope="module")
 def table_run(hvg):
-    """Every 512-byte-sector case of hostile_disks.CASES as a guest of its own; `list`, one `mount`
-    per option set, a look at each mount while it is there, `unmount --all`."""
+    """Every 512-byte-sector case of hostile_disks.CASES as a guest of its own; one `mount` per
+    option set, a look at each mount while it is there, `unmount --all`. (`list` reads the same
+    tables through a read-only loop device of the origin: test_table_on_4096_byte_sectors runs it,
+    where it matters; tests/unit/test_hostile_host.py probes every case's image.)"""
     images = WORK / "images"
     images.mkdir(parents=True, exist_ok=True)
     guests, expect = {}, {}
@@ -116,12 +124,6 @@ def table_run(hvg):
         guests[case] = hd.add_image(hvg, PREFIX + case, images / f"{case}.img", expect[case])
     timings["LVs"] = time.monotonic() - started - timings["images"]
     run = {"expect": expect, "guests": guests, "mounted": {}, "timings": timings}
-
-    t0 = time.monotonic()
-    proc = cli("list", "--json")
-    assert proc.returncode == 0, proc.stderr
-    run["list"] = {row["lv"]: row for row in json.loads(proc.stdout)}
-    timings["list"] = time.monotonic() - t0
 
     t0 = time.monotonic()
     groups = {}
@@ -173,7 +175,6 @@ def test_table_and_filesystem_case(table_run, case):
     name = PREFIX + case
     proc, line = table_run["mount"][name]
     seen = table_run["mounted"][case]
-    row = table_run["list"][name]
     if expect.mounts:
         assert line.startswith("OK      "), line
         assert f"{expect.fs} at byte {expect.offset}" in line, line
@@ -184,9 +185,7 @@ def test_table_and_filesystem_case(table_run, case):
         assert seen["statvfs"] == {"ST_RDONLY", "ST_NOSUID", "ST_NODEV", "ST_NOEXEC"}
         assert seen["loop"][0] == expect.offset
         assert seen["marker"] == expect.marker      # the right filesystem, not just one
-        if not expect.options:                       # `list` runs with the defaults
-            assert (row["partition"], row["offset"], row["fs"], row["problem"]) == \
-                (expect.number, expect.offset, expect.fs, None), row
+        assert seen["findmnt"]["target"] in [m["mount_path"] for m in table_run["status"]["mounted"]]
     else:
         assert line.startswith(f"error: FAILED  {name}: {expect.step} failed: "), line
         for text in expect.message:
@@ -194,8 +193,6 @@ def test_table_and_filesystem_case(table_run, case):
         assert " -- " in line, f"no hint of what to do: {line}"
         assert proc.returncode == 1
         assert seen["findmnt"] is None
-        if expect.step == "partition" and case != "fs-larger-than-partition":   # `list` sees it too
-            assert row["offset"] is None and all(text in row["problem"] for text in expect.message), row
     if case == "grown-gpt":
         assert seen["snapshot tail"] == bytes(hd.MiB), "the GPT of the snapshot was 'fixed' (written)"
     # after `unmount --all`: nothing of any case is left, and no origin was written
@@ -232,7 +229,7 @@ def test_table_on_4096_byte_sectors(tmp_path):
         assert_nothing_left(gvg)
         assert g.unchanged()
     finally:
-        cli("cleanup", vg=vg)
+        cleanup_if_needed(gvg)
         left = gvg.destroy()
         (WORK / "gpt-4k.img").unlink(missing_ok=True)
     assert left == []
@@ -257,7 +254,7 @@ def names_vg():
             hd.add_image(gvg, lv, image, hd.Expect(0, 0, "ext4", markers[lv]))
         yield gvg, markers
     finally:
-        cli("cleanup", vg=NAMES_VG)
+        cleanup_if_needed(gvg)
         left = gvg.destroy()
         for lv in markers:
             (WORK / f"names-{lv}.img").unlink(missing_ok=True)
