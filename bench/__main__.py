@@ -136,6 +136,7 @@ def inside(args):
             new_rows, info = fn(*fn_args)
             rows.extend(new_rows)
             details[f"m{number}"] = info
+            details["notes"].extend(info.get("summary_notes", []))
         except Exception as exc:  # noqa: BLE001 -- one measure's failure must not lose the others
             failed.append(number)
             text = f"{type(exc).__name__}: {exc}"

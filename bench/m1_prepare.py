@@ -151,6 +151,30 @@ def _wrapper_cost(ctx):
     return max(0.0, times[0] - times[1])
 
 
+def summary(info):
+    """One line: where the tool's extra time went in the wrapped run (for RESULTS.md)."""
+    b = info.get("breakdown") or {}
+    w = b.get("wrapped") or {}
+    if not w.get("timeline"):
+        return None
+    gaps = w["timeline"]
+    start = sum(sec for label, sec in gaps if ": start -> " in label)
+    libvirt = sum(sec for label, sec in gaps if label in ("mount: lvs -> lvcreate", "unmount: lvs -> findmnt"))
+    other_own = w.get("cli_own_time_s", 0.0) - start - libvirt
+    extra = dict(w.get("extra_commands_s") or {})
+    probe = sum(v for k, v in extra.items() if k.startswith("probe"))
+    queries = sum(v for k, v in extra.items() if not k.startswith("probe"))
+    calls = sum((b.get("counts") or {}).values())
+    wrappers_cost = calls * (w.get("wrapper_bash_start_s_each") or 0.0)
+    return (f"1: in the wrapped run ({b.get('wrapped_run_seconds', 0):.0f} s; the bare steps took "
+            f"{w.get('bare_arm_steps_median_s', 0):.0f} s) the tool spent {start:.0f} s starting its two "
+            f"Python processes (to their first command), {libvirt:.0f} s between discover's lvs and the "
+            f"next command (libvirt import and connection attempt, space check), {probe:.0f} s in the "
+            f"pyparted probe child, {queries:.0f} s in queries the bare steps do not need "
+            f"({', '.join(k for k in extra if not k.startswith('probe'))}), {other_own:.0f} s elsewhere in "
+            f"its own code, of which about {wrappers_cost:.0f} s are the wrappers' bash starts.")
+
+
 def run_measure(ctx, opts):
     from tests import guestdisks
     vg = opts.vg_prefix + "1"
@@ -187,6 +211,9 @@ def run_measure(ctx, opts):
             "tool_mount_unmount": tool_parts, "bare_steps": bare_steps, "bare_steps_median": med_steps,
             "refresh_seconds": refresh, "rewrite_between_runs": opts.rewrite,
         })
+        line = summary(details)
+        if line:
+            details["summary_notes"] = [line]
     finally:
         gvg.destroy()
     lo, hi = spread(samples["tool"])

@@ -199,8 +199,13 @@ def merge(doc, previous):
         key = f"m{n}"
         if key in previous.get("details", {}) and key not in details:
             details[key] = previous["details"][key]
+    by_date = {}
+    for n, date in sorted(dates.items()):
+        if n not in ran:
+            by_date.setdefault(date, []).append(n)
     details["notes"] = list(details.get("notes", [])) + [
-        f"Rows of measure {n} are from the run of {date}." for n, date in sorted(dates.items()) if n not in ran]
+        f"Rows of measure{'s' if len(ns) > 1 else ''} {', '.join(ns)} are from the run of {date}; "
+        f"the others from this run." for date, ns in by_date.items()]
     merged["details"] = details
     merged["meta"] = dict(doc["meta"], measure_dates=dict(sorted(dates.items())))
     return merged

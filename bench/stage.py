@@ -73,6 +73,10 @@ def startup_figures(python, cli_env=None, reps=3):
         "venv python -c pass": [str(REPO / ".venv" / "bin" / "python"), "-c", "pass"],
         "python3 + import domu_snapshot.cli": [python, "-c", "import domu_snapshot.cli, domu_snapshot.lifecycle"],
         "python3 + import parted": [python, "-c", "import parted"],
+        "python3 + import libvirt": [python, "-c", "import libvirt"],
+        "python3 + import libvirt + open()": [python, "-c", "import libvirt\nlibvirt.registerErrorHandler("
+                                              "lambda c, e: None, None)\ntry:\n    libvirt.open(None)\n"
+                                              "except libvirt.libvirtError:\n    pass"],
         "lvs": ["lvs"],
     }
     results = {}

@@ -492,10 +492,13 @@ class GuestVG:
         t0 = time.monotonic()
         image, meta = self._disk_image(lay, size_mib, seed, dirty)
         run(["lvcreate", "-q", "-y", "-n", lv, "-L", f"{size_mib}M", self.vg])
-        lv_path = f"/dev/{self.vg}/{lv}"
-        _write_image_to_device(image, lv_path)
-        if not active:
-            run(["lvchange", "-q", "-an", f"{self.vg}/{lv}"])
+        try:
+            _write_image_to_device(image, f"/dev/{self.vg}/{lv}")
+            if not active:
+                run(["lvchange", "-q", "-an", f"{self.vg}/{lv}"])
+        except BaseException:
+            run(["lvremove", "-q", "-f", f"{self.vg}/{lv}"], check=False)
+            raise
         g = GuestDisk(vg=self.vg, lv=lv, layout=layout, size_mib=size_mib, partition=lay.partition,
                       offset=meta["offset"], fs_size=meta["fs_size"], fstype=lay.fstype,
                       dirty=dirty and lay.fstype is not None, seed=seed, fs_uuid=meta["uuid"],
@@ -752,14 +755,22 @@ def destroy_vg(vg: str, workdir: str | Path | None = None, *, expected_lvs: set[
             raise FixtureError(f"vgremove {vg}: {r.stderr.decode(errors='replace').strip()}")
         for pv in pvs:
             run(["pvremove", "-q", "-f", "-y", pv], check=False)
-    image = workdir / "pv.img"
+    # The PV's loop device, and what an interrupted image build left: scratch mounts, loops.
+    root = os.path.realpath(workdir)
+
+    def inside(path: str) -> bool:
+        return path == root or path.startswith(root + "/")
+
+    for mp in sorted((mp for _, mp in _mountinfo() if inside(os.path.realpath(mp))), key=len, reverse=True):
+        run(["umount", mp], check=False)
     for l in _loop_list():
-        if l.get("back-file") and os.path.realpath(l["back-file"].split(" (deleted)")[0]) == str(image.resolve()):
-            run(["losetup", "-d", l["name"]])
+        back = (l.get("back-file") or "").removesuffix(" (deleted)")
+        if back and inside(os.path.realpath(back)):
+            run(["losetup", "-d", l["name"]], check=False)
     if workdir.exists():
-        busy = [mp for _, mp in _mountinfo() if mp == str(workdir) or mp.startswith(f"{workdir}/")]
+        busy = [mp for _, mp in _mountinfo() if inside(os.path.realpath(mp))]
         if busy:
-            raise FixtureError(f"not removing {workdir}: mounted under it: {busy}")
+            raise FixtureError(f"not removing {workdir}: still mounted under it: {busy}")
         shutil.rmtree(workdir)
     return cleaned
 

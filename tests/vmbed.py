@@ -99,12 +99,14 @@ def kvm_usable(kernel: str) -> bool:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False
     argv = vng_argv(kernel, memory="512M", cpus=1, kvm=True, rwdirs=[], exec_cmd="echo domu-kvm-ok")
+    proc = subprocess.Popen(argv, env=_vng_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
-        out = subprocess.run(argv, env=_vng_env(), stdin=subprocess.DEVNULL, capture_output=True,
-                             text=True, timeout=60, start_new_session=True)
+        stdout, _ = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
+        _kill_group(proc)        # vng and its qemu: a hung probe must not outlive us
         return False
-    return out.returncode == 0 and "domu-kvm-ok" in out.stdout
+    return proc.returncode == 0 and "domu-kvm-ok" in stdout
 
 
 def host_state() -> dict:
@@ -187,9 +189,9 @@ def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: 
                           f"see {os.path.relpath(run_dir)}/console.log")
     else:
         text = exit_file.read_text().strip()
-        result.ran = text.isdigit()
-        result.exit_code = int(text) if result.ran else EXIT_NOT_RUN
-        if result.exit_code == EXIT_NOT_RUN:
+        result.exit_code = int(text) if text.isdigit() else EXIT_NOT_RUN
+        result.ran = result.exit_code != EXIT_NOT_RUN      # vm_inside.sh writes 125 when set-up fails
+        if not result.ran:
             result.message = "set-up inside the VM failed (see the messages above)"
 
     leftovers = _diff_state(before, host_state())

@@ -10,7 +10,7 @@ import pytest
 
 from bench import report, wrappers
 from bench.m2_scaling import guest_names, schedule
-from bench.m3_walk import bare_walk, build_tree, names_walk, plan_tree
+from bench.m3_walk import bare_walk, build_tree, cat_repeat, names_walk, plan_tree
 
 
 def test_median_and_ratio():
@@ -158,5 +158,13 @@ def test_merge_keeps_the_other_measures_of_the_last_run():
     assert [(r["measure"], r["ours"]) for r in merged["rows"]] == [("1", 2), ("3", 3)]
     assert merged["details"]["m1"] == {"x": 1} and merged["details"]["m3"] == {"y": 3}
     assert merged["meta"]["measure_dates"] == {"1": "monday", "3": "tuesday"}
-    assert "Rows of measure 1 are from the run of monday." in merged["details"]["notes"]
+    assert "Rows of measure 1 are from the run of monday; the others from this run." in merged["details"]["notes"]
     assert report.merge(new, None) is new
+
+
+def test_cat_reads_enough_to_hide_its_start_but_keeps_the_argument_list_bounded():
+    mib = 2 ** 20
+    assert cat_repeat(36 * mib, 4889) == 4          # 128 MiB at least, 20,000 paths at most
+    assert cat_repeat(26 * mib, 54) == 5
+    assert cat_repeat(1 * mib, 15000) == 1          # the path limit wins
+    assert cat_repeat(0, 0) == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -93,11 +92,22 @@ def test_runner_passes_argv_and_env_without_a_shell(tmp_path, monkeypatch):
 
 
 def test_run_in_vm_without_exit_code_file_is_a_failure(tmp_path, monkeypatch):
-    """vng "succeeds" but the command never ran: the runner must report failure."""
+    """vng "succeeds" but the VM never booted: booted once more, then reported as a failure."""
     monkeypatch.setattr(vmbed, "find_kernel", lambda: "/boot/vmlinuz-test-amd64")
-    monkeypatch.setattr(vmbed, "vng_argv", lambda *a, **k: ["true"])
+    monkeypatch.setattr(vmbed, "vng_argv", lambda *a, **k: ["echo", "attempt"])
     res = vmbed.run_in_vm(["whatever"], run_dir=tmp_path / "run", kvm=False, out=open(os.devnull, "w"))
     assert res.exit_code == vmbed.EXIT_NOT_RUN and not res.ran and "did not run" in res.message
+    assert (tmp_path / "run/console.log").read_text() == "attempt\nattempt\n"
+
+
+def test_run_in_vm_never_reruns_a_command_that_started(tmp_path, monkeypatch):
+    """The command started (vm_inside.sh's marker) but wrote no exit code: one boot, a failure."""
+    monkeypatch.setattr(vmbed, "find_kernel", lambda: "/boot/vmlinuz-test-amd64")
+    started = tmp_path / "run" / "started"
+    monkeypatch.setattr(vmbed, "vng_argv", lambda *a, **k: ["sh", "-c", f"echo attempt; touch {started}"])
+    res = vmbed.run_in_vm(["whatever"], run_dir=tmp_path / "run", kvm=False, out=open(os.devnull, "w"))
+    assert res.exit_code == vmbed.EXIT_NOT_RUN
+    assert (tmp_path / "run/console.log").read_text() == "attempt\n"
 
 
 def test_run_in_vm_timeout_kills_the_vm(tmp_path, monkeypatch):
