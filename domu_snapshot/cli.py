@@ -77,6 +77,9 @@ class Output:
             syslog.openlog("domu-snapshot", syslog.LOG_PID, syslog.LOG_DAEMON)
 
     def __call__(self, level, message):
+        # One line per message: a tool's multi-line stderr (e2fsck, lvm) would otherwise break
+        # the one-line-per-guest output that job logs and syslog consumers rely on.
+        message = " / ".join(part.strip() for part in str(message).splitlines() if part.strip())
         stream = sys.stderr if level in ("error", "warning") else sys.stdout
         prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
         print(prefix + message, file=stream, flush=True)
@@ -184,7 +187,8 @@ def cmd_unmount(runner, args, out):
         if args.all:
             results = runner.reap()  # whatever the system shows as ours, leftovers included
         else:
-            results = runner.teardown(runner.discover(args.guests))
+            guests = runner.discover(args.guests)
+            results = runner.teardown(guests, runner.system_state(reuse_report=True))
     for result in results:
         _line(out, result)
     if not results:

@@ -418,11 +418,17 @@ class Runner:
 
     # ------------------------------------------------------------- teardown
 
-    def system_state(self):
+    def system_state(self, reuse_report=False):
+        """Mounts, loops and our snapshots as the system shows them now.
+
+        reuse_report: take the LVs from the last discover() instead of a new `lvs` (only right
+        when nothing was created or removed since, as in `unmount G`).
+        """
+        volumes = self._volumes if reuse_report and self._volumes is not None else lvm.report(self.cfg.vgs)
         return SystemState(
             mounts=mount.under(self.cfg.mount_root),
             loops=loop.list_all(),
-            snapshots={lv.key: lv for lv in lvm.report(self.cfg.vgs) if lv.ours},
+            snapshots={lv.key: lv for lv in volumes if lv.ours},
         )
 
     def teardown(self, guests, state=None):

@@ -28,15 +28,27 @@ EXT_TYPES = ("ext2", "ext3", "ext4")
 
 # libparted's exception option bits (PedExceptionOption).
 _OPT_NO = 0x04
+_OPT_RETRY = 0x10
 _OPT_IGNORE = 0x20
+
+# Messages of read errors libparted met during this probe (see _refuse_fixes).
+_device_errors = []
 
 
 def _refuse_fixes(exc_type, options, message):
     """libparted asks before "fixing" tables (e.g. a GPT backup header not at
     the end of a grown LV). Fixing writes; we only ever read: answer Ignore
-    when offered, No when asked yes/no, otherwise Cancel."""
+    when offered, No when asked yes/no, otherwise Cancel.
+
+    A read error (libparted offers Retry) is never ignored: libparted would go on
+    without the sectors it could not read, e.g. lose the logical partitions behind
+    an unreadable EBR, and a disk would look like swap only. It is cancelled and
+    remembered, and the probe reports it as its error."""
     import parted
 
+    if options & _OPT_RETRY:
+        _device_errors.append(" ".join(str(message).split()))
+        return parted.EXCEPTION_RESOLVE_CANCEL
     if options & _OPT_IGNORE:
         return parted.EXCEPTION_RESOLVE_IGNORE
     if options & _OPT_NO:
@@ -58,6 +70,7 @@ def probe(path):
         "partitions": [],
         "error": None,
     }
+    del _device_errors[:]
     try:
         absurd = _absurd_gpt_header(path, device.sectorSize, device.length)
         if absurd:
@@ -66,7 +79,7 @@ def probe(path):
         try:
             disk = parted.newDisk(device)
         except Exception as exc:  # pyparted raises several unrelated types here
-            result["error"] = _first_line(exc) or type(exc).__name__
+            result["error"] = _read_error() or _first_line(exc) or type(exc).__name__
             return result
         result["label"] = disk.type
         for part in disk.partitions:
@@ -79,6 +92,10 @@ def probe(path):
                 "length": geometry.length,
                 "fs": fs,
             })
+        if _device_errors:
+            # a table read in part (or a filesystem not recognised for a read error) is no table
+            result["error"] = _read_error()
+            result["partitions"] = []
         return result
     finally:
         # libparted caches devices by /dev/dm-N; minors are reused after
@@ -113,6 +130,13 @@ def _absurd_gpt_header(path, sector_size, length):
             return (f"the GPT header at sector {lba} claims {count} entries of {size} bytes each: "
                     f"not a partition table (the Linux kernel refuses it too)")
     return None
+
+
+def _read_error():
+    if not _device_errors:
+        return None
+    more = f" (and {len(_device_errors) - 1} more)" if len(_device_errors) > 1 else ""
+    return f"read error on the disk: {_device_errors[0]}{more}"
 
 
 def _kind(part_type):
@@ -211,6 +235,8 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
     length = probed.get("length")
     if not isinstance(sector, int) or sector <= 0 or not isinstance(length, int) or length <= 0:
         raise ProbeError("the device reports no usable size")
+    if str(probed.get("error") or "").startswith("read error"):
+        raise ProbeError(probed["error"], "see dmesg for the device's errors; the backup of this guest was not made")
     if probed.get("error"):
         raise ProbeError(f"no partition table or filesystem recognised: {probed['error']}",
                          "if the guest uses a filesystem this tool cannot read (LUKS, LVM inside, XFS...), exclude it")
