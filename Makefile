@@ -88,8 +88,10 @@ test: deps
 demo: deps
 	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m tests.demo
 
+# Boots the VM itself, then writes bench/results/latest.json and bench/RESULTS.md.
+BENCH_ARGS ?=
 bench: deps
-	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m bench
+	@$(PY) -m bench $(BENCH_ARGS)
 
 # Bareos plugin mode: the plugin file and the core next to it (module_path is first on
 # sys.path of the python3 that bareos-fd embeds); pyparted comes from Debian's python3-parted.

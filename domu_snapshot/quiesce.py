@@ -47,6 +47,17 @@ _STATE_NAMES = {0: "no state", 1: "running", 2: "blocked", 3: "paused", 4: "shut
 _libvirt_module = {}
 
 
+LIBVIRT_RUN_DIR = "/run/libvirt"
+
+
+def _daemon_sockets():
+    """The libvirt daemons' sockets (libvirtd, virtproxyd, virtqemud, virtxend...) that exist."""
+    try:
+        return [n for n in os.listdir(LIBVIRT_RUN_DIR) if n.endswith("-sock")]
+    except OSError:
+        return []
+
+
 def _libvirt():
     """The libvirt module, or None when libvirt-python is not installed."""
     if "mod" not in _libvirt_module:
@@ -323,6 +334,12 @@ class Quiescer:
         """The libvirt connection, or None (the reason is in .unavailable)."""
         if self._conn is not None or self._unavailable:
             return self._conn
+        if not self.uri and not os.environ.get("LIBVIRT_DEFAULT_URI") and not _daemon_sockets():
+            # No daemon could answer the default URI (e.g. a Xen host run with xl): skip loading
+            # libvirt-python and the connection attempt, which every run would pay for nothing.
+            self._unavailable = f"no libvirt daemon on this host (no socket in {LIBVIRT_RUN_DIR})"
+            self._unavailable_hint = "start libvirtd (or virtqemud/virtxend), or set libvirt_uri"
+            return None
         lv = _libvirt()
         if lv is None:
             self._unavailable = "libvirt-python is not installed"

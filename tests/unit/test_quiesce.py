@@ -537,3 +537,27 @@ def test_interrupt_right_after_the_freeze_still_thaws(node):
         q.run("web", "web", "agent", lambda: events.append("lvcreate"))
     assert events == ["fsFreeze", "fsThaw"]
     assert thawed(conn, "web")
+
+
+def test_default_uri_without_any_daemon_socket_skips_libvirt(tmp_path, monkeypatch):
+    """No socket in /run/libvirt: libvirt-python is not even loaded, and the reason is said."""
+    monkeypatch.setattr(quiesce, "LIBVIRT_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+    monkeypatch.setitem(quiesce._libvirt_module, "mod", "must not be used")
+    logs = []
+    q = quiesce.Quiescer("", log=lambda lvl, msg: logs.append((lvl, msg)))
+    assert q.domains([lv("vg0", "a")]) == {}
+    res = q.run("web", "web", "auto", lambda: 1)
+    assert res.level == "none" and "no libvirt daemon" in res.note
+    with pytest.raises(GuestError) as info:
+        q.run("web", "web", "agent", lambda: 1)
+    assert "virtqemud" in info.value.hint
+
+
+def test_default_uri_with_a_daemon_socket_connects(tmp_path, monkeypatch):
+    monkeypatch.setattr(quiesce, "LIBVIRT_RUN_DIR", str(tmp_path))
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+    (tmp_path / "virtqemud-sock").touch()
+    monkeypatch.setitem(quiesce._libvirt_module, "mod", None)     # as if libvirt-python were missing
+    q = quiesce.Quiescer("")
+    assert q.unavailable == "libvirt-python is not installed"
