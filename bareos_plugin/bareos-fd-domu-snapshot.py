@@ -800,10 +800,11 @@ def _io_open(iop):
 # --- ACLs and extended attributes ----------------------------------------------------------------
 #
 # POSIX ACLs travel as what they are on Linux, the extended attributes system.posix_acl_access
-# and system.posix_acl_default, in the xattr stream: one llistxattr finds them with the others,
-# their binary value keeps numeric guest uids/gids (a text ACL would be resolved against the
-# host's user database), and name/value pairs come back byte-exact, whereas an ACL stream is one
-# blob per file, sent with an extra NUL, and never asked for symlinks. So get_acl hands over
+# and system.posix_acl_default, in the xattr stream: one llistxattr finds them with the others
+# (no extra call per entry), their kernel form keeps the guest's numeric uids/gids as they are
+# (no text form to write and parse, no host user database involved), and name/value pairs come
+# back byte-exact and framed by the file daemon, whereas an ACL stream is one blob per file (a
+# format of our own for access + default ACL), sent back with an extra NUL. So get_acl hands over
 # nothing. The file daemon calls get_xattr only when the FileSet's xattrsupport is on (default).
 
 def _printable(name):
