@@ -281,3 +281,32 @@ def test_without_xattrsupport_nothing_is_asked_for(monkeypatch, area):
     assert result.status == "T", result.job.messages
     assert "get_xattr" not in result.calls and "get_acl" in result.calls
     assert all(r.xattrs is None and r.acl is None for r in result.records)
+
+
+def test_harness_converts_packets_like_bareosfd_cc():
+    """PyXattrPacketToNative takes bytearrays only: a bytes name drops the pair silently, an
+    empty or non-bytearray value becomes an empty one; get_acl is not asked for symlinks."""
+    answers = iter([(bytearray(b"user.a"), bytearray(b"1"), bareosfd.bRC_More),
+                    (b"user.bytes", bytearray(b"2"), bareosfd.bRC_More),
+                    (bytearray(b"user.empty"), bytearray(), bareosfd.bRC_More),
+                    (bytearray(b"user.b"), b"bytes value", bareosfd.bRC_OK)])
+
+    def get_xattr(xp):
+        xp.name, xp.value, rc = next(answers)
+        return rc
+
+    fd = FileDaemon("python3:module_name=xattr_conversion_probe")
+    fd._start_job("F", "B")
+    try:
+        fd.module = type("Module", (), {"get_acl": staticmethod(lambda ap: bareosfd.bRC_OK),
+                                        "get_xattr": staticmethod(get_xattr)})
+        record = Record(fname="/f", type=bareosfd.FT_REG, stat={})
+        fd._acl_xattr(record)
+        assert record.xattrs == [(b"user.a", b"1"), (b"user.empty", None), (b"user.b", None)]
+        assert fd.calls == ["get_acl"] + ["get_xattr"] * 4
+        fd.calls.clear()
+        fd.module.get_xattr = staticmethod(lambda xp: bareosfd.bRC_OK)
+        fd._acl_xattr(Record(fname="/l", type=bareosfd.FT_LNK, stat={}))
+        assert fd.calls == ["get_xattr"]
+    finally:
+        fd._end_job()
