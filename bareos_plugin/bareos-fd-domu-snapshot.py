@@ -22,10 +22,20 @@ symlink targets) that are not valid UTF-8 cannot pass the file daemon's API: eac
 M_ERROR job message with its bytes, and counted. Hard links are left to the file daemon (nlink > 1,
 keyed by st_dev/st_ino): st_dev is replaced by a number unique to each guest disk in this job, as
 loop devices are reused from one guest to the next and would otherwise make unrelated files of two
-guests look like hard links of one another. ACLs and extended attributes of guest files are not
-saved in this mode (get_acl/get_xattr hand over none); helpers mode saves them through the file
-daemon's own aclsupport/xattrsupport. Each guest ends with one M_INFO line: partition and offset,
-journal result, entries and bytes, snapshot peak use, time.
+guests look like hard links of one another. Each guest ends with one M_INFO line: partition and
+offset, journal result, entries and bytes, snapshot peak use, time.
+
+Extended attributes: get_xattr hands over every attribute of each entry (llistxattr/lgetxattr,
+never through a symlink), one per call with bRC_More: user.*, trusted.*, security.* (SELinux
+labels, file capabilities) and the POSIX ACLs, which Linux keeps as the attributes
+system.posix_acl_access/_default and which travel that way (get_acl hands over nothing; why: see
+the ACL section below). The file daemon asks only when the FileSet's xattrsupport is on (the
+default), so xattrsupport = no also drops the ACLs. An entry without attributes costs one
+llistxattr. An attribute or list that cannot be read is named in an M_ERROR message and the rest
+is saved. On restore the file daemon hands them back for regular files and directories only
+(restore.cc ignores the xattr stream of symlinks, fifos and hard-link repeats); set_xattr sets
+them with lsetxattr after owner, mode and times, refuses paths outside `where` like create_file,
+and names the attributes it could not set in one M_ERROR message per file.
 
 Accurate mode: the file daemon asks check_file() only for files of earlier backups that this job
 did not send. They are reported deleted (bRC_OK) only when they lie below a guest disk whose walk
@@ -41,6 +51,7 @@ A restore never touches LVs.
 Imports only `bareosfd` and the core library (`domu_snapshot`).
 """
 
+import errno
 import os
 import re
 import stat
@@ -663,8 +674,9 @@ _plugin = Plugin()
 # --- entry points called by python-fd -------------------------------------------------------------
 
 def load_bareos_plugin(plugindef):
-    global _plugin
+    global _plugin, _xattrs
     _plugin = Plugin()
+    _xattrs = Xattrs()
     bareosfd.RegisterEvents(list(EVENTS))
     return bareosfd.bRC_OK
 
@@ -785,19 +797,123 @@ def _io_open(iop):
     return bareosfd.bRC_OK
 
 
+# --- ACLs and extended attributes ----------------------------------------------------------------
+#
+# POSIX ACLs travel as what they are on Linux, the extended attributes system.posix_acl_access
+# and system.posix_acl_default, in the xattr stream: one llistxattr finds them with the others
+# (no extra call per entry), their kernel form keeps the guest's numeric uids/gids as they are
+# (no text form to write and parse, no host user database involved), and name/value pairs come
+# back byte-exact and framed by the file daemon, whereas an ACL stream is one blob per file (a
+# format of our own for access + default ACL), sent back with an extra NUL. So get_acl hands over
+# nothing. The file daemon calls get_xattr only when the FileSet's xattrsupport is on (default).
+
+def _printable(name):
+    return bytes(name).decode("utf-8", "backslashreplace")
+
+
+class Xattrs:
+    """Backup: the attributes of the entry being saved, one per get_xattr call. Restore: the
+    attributes that could not be set, per file, reported once at end_restore_file."""
+
+    def __init__(self):
+        self.entry = None        # the Entry whose names are pending
+        self.names = []          # names still to hand over, last one first
+        self.failed = {}         # restored path -> ["name (reason)", ...]
+
+    def next_pair(self, entry):
+        """(name, value) of the next readable attribute of `entry`, or None when none is left."""
+        if self.entry is not entry:
+            self.entry = entry
+            self.names = self._list(entry.path)
+        while self.names:
+            name = self.names.pop()
+            try:
+                return name, os.getxattr(entry.path, name, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno == errno.ENODATA:
+                    continue  # removed since it was listed: nothing left to save
+                _plugin.job(bareosfd.M_ERROR, f"{entry.path}: cannot read extended attribute "
+                                              f"{name}: {exc.strerror}; it is not saved")
+        return None
+
+    @staticmethod
+    def _list(path):
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return []  # a filesystem without extended attributes: there are none to save
+            _plugin.job(bareosfd.M_ERROR, f"{path}: cannot list extended attributes: "
+                                          f"{exc.strerror}; none are saved")
+            return []
+        names.reverse()
+        return names
+
+    def restore(self, xattr):
+        path = xattr.fname
+        if not xattr.name or not path:
+            return
+        if restore_path_problem(path, _restore_where(), _plugin.options.get("mount_root")):
+            return  # create_file refused this path and reported it
+        name = bytes(xattr.name)
+        value = bytes(xattr.value) if xattr.value is not None else b""
+        try:
+            # never through a symlink: the attribute belongs to the restored entry itself
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except FileNotFoundError:
+            return  # not created; the file daemon or create_file reported why
+        except OSError as exc:
+            self.failed.setdefault(path, []).append(f"{_printable(name)} ({exc.strerror})")
+
+    def report_failed(self):
+        for path, problems in self.failed.items():
+            _plugin.job(bareosfd.M_ERROR, f"cannot restore extended attributes of {path}: "
+                                          + ", ".join(problems))
+        self.failed = {}
+
+
+_xattrs = Xattrs()
+
+
 def get_acl(acl):
-    return bareosfd.bRC_OK
+    return bareosfd.bRC_OK  # ACLs go with the extended attributes (see above)
 
 
 def get_xattr(xattr):
-    return bareosfd.bRC_OK
+    """One attribute per call; bRC_More asks the file daemon to call again for the same entry."""
+    entry = _plugin.current
+    if entry is None:
+        return bareosfd.bRC_OK
+    try:
+        pair = _xattrs.next_pair(entry)
+    except Exception as exc:  # a bug here must cost this file's attributes, not the job
+        _plugin.job(bareosfd.M_ERROR, f"{entry.path}: extended attributes not saved: {exc!r}")
+        _xattrs.names = []
+        return bareosfd.bRC_OK
+    if pair is None:
+        return bareosfd.bRC_OK
+    name, value = pair
+    # python-fd takes bytearrays only (anything else is dropped silently); an empty bytearray
+    # fails its conversion, so an empty value goes as None
+    xattr.name = bytearray(os.fsencode(name))
+    xattr.value = bytearray(value) if value else None
+    return bareosfd.bRC_More if _xattrs.names else bareosfd.bRC_OK
 
 
 def set_acl(acl):
+    if acl.content:
+        _plugin.job(bareosfd.M_WARNING, f"{acl.fname}: ACL stream ignored (this plugin saves "
+                                        "ACLs as system.posix_acl_* extended attributes)")
     return bareosfd.bRC_OK
 
 
 def set_xattr(xattr):
+    """Failures are collected and reported per file; bRC_OK lets the file daemon go on with the
+    file's other attributes (any other answer stops it and logs a message of its own)."""
+    try:
+        _xattrs.restore(xattr)
+    except Exception as exc:
+        _plugin.job(bareosfd.M_ERROR, f"{xattr.fname}: extended attribute not restored: {exc!r}")
     return bareosfd.bRC_OK
 
 
@@ -826,6 +942,7 @@ def start_restore_file(cmd):
 
 def end_restore_file():
     _plugin.close_fd()
+    _xattrs.report_failed()  # the file daemon has handed over all of this file's attributes
     return bareosfd.bRC_OK
 
 

@@ -13,15 +13,18 @@ as far as a plugin can observe it:
 - backup: the PluginSave loop (start_backup_file, Incremental/Differential change check turning
   entries into FT_NOCHG/FT_DIRNOCHG, hard links with nlink > 1 keyed by (st_dev, st_ino) sent as
   FT_LNKSAVED, plugin_io OPEN/READ/CLOSE with in-core reads from the returned descriptor,
-  get_acl, get_xattr, end_backup_file), the conversions that fail a job (fname/link must be
-  UTF-8 str, statp a StatPacket, flags a bytearray), accurate "seen" marking and the deleted-file
-  check through check_file at the end.
+  get_acl (not for symlinks) and the get_xattr bRC_More loop for every entry sent, with
+  bareosfd.cc's bytearray-only conversions, end_backup_file), the conversions that fail a job
+  (fname/link must be UTF-8 str, statp a StatPacket, flags a bytearray), accurate "seen" marking
+  and the deleted-file check through check_file at the end.
 - restore: start_restore_file, create_file; for CF_CORE the harness creates the file under
   `where` like findlib's CreateFile (parents, regular files opened through plugin_io IO_OPEN,
   symlinks, hard links, fifos, directories with owner and mode), writes the data, then calls
   set_file_attributes. The create_status set there is NOT copied back by bareosfd.cc, so the
   core does not apply owner/mode/times after a python plugin's restore: the plugin has to.
   `core_sets_attributes=True` pretends it did (to tell a plugin bug from a core gap).
+  ACL and xattr streams go to set_acl/set_xattr after set_file_attributes and IO_CLOSE for
+  extracted files, at once for directories, and not at all for other entries, as restore.cc does.
 
 Everything the plugin says is recorded on the Job (messages, debug messages, SetValue calls, ...).
 The backup stream is kept in memory as a list of Record.
@@ -58,6 +61,7 @@ FO_MTIMEONLY = 11
 FO_ACL = 14
 FO_NO_HARDLINK = 15
 FO_XATTR = 27
+MAX_XATTR_STREAM = 1024 * 1024  # findlib/xattr.h
 STAT_FIELDS = ("st_dev", "st_ino", "st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev",
                "st_size", "st_atime", "st_mtime", "st_ctime", "st_blksize", "st_blocks")
 
@@ -170,6 +174,8 @@ class Record:
     file_index: int = 0
     link_fi: int = 0
     error: str = ""             # the fd could not read it
+    acl: bytes = None           # STREAM_ACL_PLUGIN content (without the NUL the fd appends)
+    xattrs: list = None         # STREAM_XATTR_PLUGIN: [(name, value or None)]
 
     @property
     def accurate_key(self):
@@ -528,6 +534,7 @@ class FileDaemon:
             raise ProtocolError(f"FT_DIREND {fname!r} needs link = path + '/', got {link!r}")
         record = Record(fname=fname, type=ftype, stat=st, link=link, link_fi=link_fi)
         if no_read:
+            self._acl_xattr(record)  # SaveFile asks for them whether or not data was read
             return record
         iop = bareosfd._make(bareosfd.IoPacket, func=bareosfd.IO_OPEN, count=0,
                              flags=os.O_RDONLY, mode=0, fname=fname, filedes=-1)
@@ -581,14 +588,51 @@ class FileDaemon:
         if not record.error and not self.job.canceled:
             record.data = b"".join(chunks)
         if not self.job.canceled:
-            if self._flag(FO_ACL):
-                self._call("get_acl", bareosfd._make(bareosfd.AclPacket, fname=fname, content=None))
-            if self._flag(FO_XATTR):
-                for _ in range(100000):
-                    xp = bareosfd._make(bareosfd.XattrPacket, fname=fname, name=None, value=None)
-                    if self._call("get_xattr", xp) != bareosfd.bRC_More:
-                        break
+            self._acl_xattr(record)
         return record
+
+    def _acl_xattr(self, record):
+        """backup.cc DoBackupAcl (not for FT_LNK) and DoBackupXattr, with fd_plugins.cc's
+        PluginBuildAclStreams / PluginBuildXattrStreams and bareosfd.cc's packet conversions."""
+        fname = record.fname
+        if self._flag(FO_ACL) and record.type != bareosfd.FT_LNK:
+            ap = bareosfd._make(bareosfd.AclPacket, fname=fname, content=None)
+            rc = self._call("get_acl", ap)
+            content = ap.content
+            if content is not None and not isinstance(content, bytearray):
+                self.job.messages.append((bareosfd.M_FATAL, "python3-fd: TypeError: acl packet "
+                                          "content needs to be of bytearray type"))
+            elif rc != bareosfd.bRC_OK:
+                self.job.messages.append((bareosfd.M_ERROR, f"(acl error of {fname})"))
+            elif content:
+                record.acl = bytes(content)
+        if not self._flag(FO_XATTR):
+            return
+        pairs = []
+        size = 0
+        for _ in range(100000):
+            xp = bareosfd._make(bareosfd.XattrPacket, fname=fname, name=None, value=None)
+            rc = self._call("get_xattr", xp)
+            if rc not in (bareosfd.bRC_OK, bareosfd.bRC_More):
+                # bail_out: what was collected for this file is dropped, the fd logs its errmsg
+                self.job.messages.append((bareosfd.M_ERROR, f"(xattr error of {fname})"))
+                return
+            # PyXattrPacketToNative: only bytearrays count; an empty value bytearray (or any
+            # other type) leaves the value empty
+            name, value = xp.name, xp.value
+            if isinstance(name, bytearray) and name:
+                value = bytes(value) if isinstance(value, bytearray) and value else None
+                pairs.append((bytes(name), value))
+                size += 4 + 4 + len(name) + 4 + (len(value) if value else 0)
+                if size >= MAX_XATTR_STREAM:
+                    self.job.messages.append((bareosfd.M_ERROR, f'Xattr stream on file "{fname}" '
+                                              f"exceeds maximum size of {MAX_XATTR_STREAM} bytes"))
+                    return
+            if rc != bareosfd.bRC_More:
+                break
+        else:
+            raise ProtocolError(f"get_xattr returned bRC_More 100000 times for {fname}")
+        record.xattrs = pairs or None
 
     # -- restore --------------------------------------------------------------------------------
 
@@ -623,10 +667,31 @@ class FileDaemon:
         try:
             status = self._create_and_fill(record, where, ofname, olname, replace,
                                            core_sets_attributes)
+            self._restore_acl_xattr(record, ofname, status)
         finally:
             # PluginNameStream (end)
             self._call("end_restore_file")
         return status
+
+    def _restore_acl_xattr(self, record, ofname, status):
+        """restore.cc: ACL and xattr streams of an extracted file are applied after its
+        attributes were set and it was closed (PopDelayedDataStreams), those of a directory at
+        once (it was never extracted), all others are dropped (symlinks, fifos, hard links)."""
+        if status != "extract" and record.type != bareosfd.FT_DIREND:
+            return
+        if record.acl:
+            # SendAclStream sends content_length + 1 bytes: the NUL comes back too
+            ap = bareosfd._make(bareosfd.AclPacket, fname=ofname,
+                                content=bytearray(record.acl + b"\0"))
+            if self._call("set_acl", ap) != bareosfd.bRC_OK:
+                self.job.messages.append((bareosfd.M_WARNING, f"(acl error of {ofname})"))
+        for name, value in record.xattrs or ():
+            xp = bareosfd._make(bareosfd.XattrPacket, fname=ofname, name=bytearray(name),
+                                value=bytearray(value) if value else None)
+            if self._call("set_xattr", xp) != bareosfd.bRC_OK:
+                # PluginParseXattrStreams stops at the first failure; the fd logs its errmsg
+                self.job.messages.append((bareosfd.M_ERROR, f"(xattr error of {ofname})"))
+                break
 
     def _restore_packet(self, record, where, ofname, olname, replace):
         statp = bareosfd._make(bareosfd.StatPacket, **record.stat)

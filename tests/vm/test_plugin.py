@@ -11,6 +11,7 @@ module_path pointed at this checkout, and the test's own mount root and VG added
 4. Cancel mid-job (bareos-fd's event order, and CancelCommand then only JobEnd): no snapshot LV,
    loop device or mount is left, the run lock is free.
 5. One broken guest: reported with its step and reason, the other guest is complete.
+6. Extended attributes and POSIX ACLs set in a guest's origin survive backup and restore.
 """
 from __future__ import annotations
 
@@ -215,3 +216,51 @@ def test_one_broken_guest_is_reported_the_other_completes(guest_vg, guests, make
     job, _statuses = fd.restore(result.records, str(where))
     assert job.errors == []
     assert guestdisks.compare_tree(f"{where}{modern_root}", guests[f"{PREFIX}modern"].tree) == []
+
+
+def _own_xattrs(path):
+    return {n: os.getxattr(path, n, follow_symlinks=False)
+            for n in os.listxattr(path, follow_symlinks=False)}
+
+
+@contextlib.contextmanager
+def _ext4_scratch(where):
+    """An ext4 filesystem to restore into: it keeps every kind of attribute, whatever /tmp is."""
+    image = where.parent / (where.name + ".img")
+    with open(image, "wb") as handle:
+        handle.truncate(64 << 20)
+    guestdisks.run(["mkfs.ext4", "-q", "-F", str(image)])
+    where.mkdir(parents=True)
+    guestdisks.run(["mount", "-t", "ext4", "-o", "loop", str(image), str(where)])
+    try:
+        yield where
+    finally:
+        guestdisks.run(["umount", str(where)])
+        image.unlink()
+
+
+def test_extended_attributes_and_acls_round_trip(guest_vg, make_guest, tmp_path):
+    """Attributes and POSIX ACLs set in a guest's origin are read from the snapshot's read-only
+    mount (the real core) and restored through the plugin."""
+    g = make_guest("msdos-ext4-1m", name=f"{PREFIX}xattrs")
+    cap_net_raw = b"\x01\x00\x00\x02" + (1 << 13).to_bytes(4, "little") + bytes(12)
+    with origin_mounted(g, tmp_path / "origin") as origin:
+        os.setxattr(origin / "etc/hostname", "user.note", b"set in the guest")
+        os.setxattr(origin / "home/user/notes.txt", "security.capability", cap_net_raw)
+        os.setxattr(origin / "home/user/notes.txt", "trusted.origin", b"guest")
+        guestdisks.run(["setfacl", "-m", "u:1234:rw", str(origin / "home/user/notes.txt")])
+        guestdisks.run(["setfacl", "-d", "-m", "g:4321:rx", str(origin / "home/user")])
+        expected = {rel: _own_xattrs(origin / rel)
+                    for rel in ("etc/hostname", "home/user/notes.txt", "home/user")}
+    assert "system.posix_acl_default" in expected["home/user"]
+    mount_root = tmp_path / "mnt"
+    fd = daemon(mount_root, include=g.lv)
+    result = fd.backup()
+    assert result.status == "T", result.job.messages
+    assert nothing_left(guest_vg, mount_root) == []
+    root = f"{mount_root}/{VG}/{g.lv}"
+    with _ext4_scratch(tmp_path / "where") as where:
+        job, _statuses = fd.restore(result.records, str(where))
+        assert job.errors == [], job.messages
+        for rel, attrs in expected.items():
+            assert _own_xattrs(f"{where}{root}/{rel}") == attrs, rel
