@@ -529,6 +529,29 @@ class FileDaemon:
         record = Record(fname=fname, type=ftype, stat=st, link=link, link_fi=link_fi)
         if no_read:
             return record
+        opened_fd = self._read_data(record, cancel_after, opened)
+        if opened_fd is None:
+            return record
+        fd, in_core = opened_fd
+        # a check of the harness (the core does not make it), kept out of _read_data
+        if in_core and fd >= 0 and _fd_is_open(fd):
+            raise ProtocolError(f"IO_CLOSE left descriptor {fd} of {fname} open")
+        if not self.job.canceled:
+            if self._flag(FO_ACL):
+                self._call("get_acl", bareosfd._make(bareosfd.AclPacket, fname=fname, content=None))
+            if self._flag(FO_XATTR):
+                for _ in range(100000):
+                    xp = bareosfd._make(bareosfd.XattrPacket, fname=fname, name=None, value=None)
+                    if self._call("get_xattr", xp) != bareosfd.bRC_More:
+                        break
+        return record
+
+    def _read_data(self, record, cancel_after, opened):
+        """sendData for one file: plugin_io IO_OPEN, the reads (by the core itself from the
+        descriptor when the plugin asks for in-core I/O, in READ_CHUNK pieces like the core's
+        64 KiB buffer), IO_CLOSE; record.data is set unless reading failed. Returns (fd, in_core),
+        or None when IO_OPEN failed (record.error says why)."""
+        fname = record.fname
         iop = bareosfd._make(bareosfd.IoPacket, func=bareosfd.IO_OPEN, count=0,
                              flags=os.O_RDONLY, mode=0, fname=fname, filedes=-1)
         rc = self._call("plugin_io", iop)
@@ -536,7 +559,7 @@ class FileDaemon:
             err = os.strerror(iop.io_errno) if iop.io_errno else "error"
             self.job.messages.append((bareosfd.M_NOTSAVED, f'     Cannot open "{fname}": ERR={err}.'))
             record.error = err
-            return record
+            return None
         in_core = iop.status == IOSTAT_DO_IN_CORE
         fd = iop.filedes
         if in_core and fd < 0:
@@ -576,19 +599,9 @@ class FileDaemon:
                     chunks.append(bytes(buf[:iop.status]))
         close = bareosfd._make(bareosfd.IoPacket, func=bareosfd.IO_CLOSE, fname=None, filedes=fd)
         self._call("plugin_io", close)
-        if in_core and fd >= 0 and _fd_is_open(fd):
-            raise ProtocolError(f"IO_CLOSE left descriptor {fd} of {fname} open")
         if not record.error and not self.job.canceled:
             record.data = b"".join(chunks)
-        if not self.job.canceled:
-            if self._flag(FO_ACL):
-                self._call("get_acl", bareosfd._make(bareosfd.AclPacket, fname=fname, content=None))
-            if self._flag(FO_XATTR):
-                for _ in range(100000):
-                    xp = bareosfd._make(bareosfd.XattrPacket, fname=fname, name=None, value=None)
-                    if self._call("get_xattr", xp) != bareosfd.bRC_More:
-                        break
-        return record
+        return fd, in_core
 
     # -- restore --------------------------------------------------------------------------------
 
