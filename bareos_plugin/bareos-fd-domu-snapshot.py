@@ -260,9 +260,27 @@ def disk_entries(root, dev_id, stats, report):
             incomplete.append(path)
             report(bareosfd.M_ERROR, f"cannot stat {path}: {detail.strerror or detail}")
 
-    # The walk of walk_tree(), inlined: this runs once per entry of every guest, and a second
-    # generator layer plus a tuple per entry cost about as much as the rest of the Python here.
-    # Regular files (nearly all entries) are decided inline; the rest go through classify().
+    def other(path, st):
+        """The Entry of anything but a regular file (directories too), or None."""
+        try:
+            ftype, link, no_read = classify(path, st)
+        except OSError as exc:  # readlink
+            problem("lstat", path, exc)
+            return None
+        if ftype is None:
+            stats.skipped.append((path, link))
+            return None
+        if not is_utf8(link):
+            stats.bad_names += 1
+            report(bareosfd.M_ERROR, f"not saved: symlink {path} has a target that is not valid "
+                                     f"UTF-8: {os.fsencode(link)!r}")
+            return None
+        stats.entries += 1
+        return _new_entry((path, st, dev_id, ftype, link, no_read))
+
+    # walk_tree(), inlined: this loop runs once per entry of every guest, and a second generator
+    # layer with a (path, st) tuple per entry was a measurable part of its cost. Regular files
+    # (nearly all entries) are decided inline; everything else goes through other()/classify().
     ft_reg, ft_rege = bareosfd.FT_REG, bareosfd.FT_REGE
     top_st = os.lstat(root)
     try:
@@ -303,27 +321,14 @@ def disk_entries(root, dev_id, stats, report):
                     grandchildren = []
                 stack.append((child.path, st, iter(grandchildren)))
                 break   # descend; this directory's loop resumes when that one is done
-            path = child.path
-            try:
-                ftype, link, no_read = classify(path, st)
-            except OSError as exc:  # readlink
-                problem("lstat", path, exc)
-                continue
-            if ftype is None:
-                stats.skipped.append((path, link))
-                continue
-            if not is_utf8(link):
-                stats.bad_names += 1
-                report(bareosfd.M_ERROR, f"not saved: symlink {path} has a target that is not "
-                                         f"valid UTF-8: {os.fsencode(link)!r}")
-                continue
-            stats.entries += 1
-            yield _new_entry((path, st, dev_id, ftype, link, no_read))
+            entry = other(child.path, st)
+            if entry is not None:
+                yield entry
         else:
             dir_path, dir_st, _children = stack.pop()
-            stats.entries += 1
-            yield _new_entry((dir_path, dir_st, dev_id, bareosfd.FT_DIREND, dir_path.rstrip("/") + "/",
-                              True))
+            entry = other(dir_path, dir_st)
+            if entry is not None:
+                yield entry
     return incomplete
 
 
