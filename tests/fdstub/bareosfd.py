@@ -231,6 +231,7 @@ class _Packet:
     __slots__ = ()
     _members = ()       # (name, kind, default) in C declaration order
     _init_keywords = ()  # the C type's kwlist
+    _fillers = ()        # set by _packet_type
 
     def __init__(self, *args, **kwargs):
         keywords = self._init_keywords
@@ -254,13 +255,11 @@ class _Packet:
 
     def _fill(self, given):
         """Every member from `given` (converted like a C member assignment) or its default."""
-        descriptors = type(self).__dict__
-        for name, _kind, default in self._members:
+        for name, convert, store, default in self._fillers:
             if name in given:
-                value = descriptors[name].convert(given[name])
+                store(self, convert(given[name]))
             else:
-                value = default() if callable(default) else default
-            object.__setattr__(self, "_v_" + name, value)
+                store(self, default() if callable(default) else default)
 
     _keyword_targets = {}
     _init_truth = ()
@@ -286,6 +285,10 @@ def _packet_type(name, members, init_keywords, keyword_targets=None, init_truth=
     cls = type(name, (_Packet,), namespace)
     for member_name, _kind, _default in members:
         cls.__dict__[member_name].__set_name__(cls, member_name)
+    # (name, conversion, the slot's own setter, default) per member, for _fill
+    cls._fillers = tuple((member_name, cls.__dict__[member_name].convert,
+                          cls.__dict__["_v_" + member_name].__set__, default)
+                         for member_name, _kind, default in members)
     return cls
 
 
