@@ -268,19 +268,19 @@ def run_measure(ctx, opts, vg_name):
     plugin = fd_harness.import_plugin()
     tree = ctx.work / "tree"
     t0 = time.perf_counter()
-    summary = build_tree(tree, plan_tree(opts.files))
+    made = build_tree(tree, plan_tree(opts.files))
     t_tree = time.perf_counter() - t0
-    size = fs_size_mib(summary)
-    ctx.log(f"m3: tree of {summary['entries']} entries ({summary['files']} files, {summary['bytes'] / 2 ** 20:.0f} MiB)"
+    size = fs_size_mib(made)
+    ctx.log(f"m3: tree of {made['entries']} entries ({made['files']} files, {made['bytes'] / 2 ** 20:.0f} MiB)"
             f" made in {t_tree:.0f} s; ext4 of {size} MiB")
     pv_mib = int(size * 1.2) + 64
     gvg = guestdisks.GuestVG(vg_name, size_mib=pv_mib).create()
-    details = {"tree": summary, "tree_build_s": t_tree, "fs_mib": size}
+    details = {"tree": made, "tree_build_s": t_tree, "fs_mib": size}
     try:
         lv = f"{PREFIX}big"
         guestdisks.run(["lvcreate", "-q", "-y", "-n", lv, "-L", f"{size}M", vg_name])
         t0 = time.perf_counter()
-        run(["mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-N", str(int(summary["entries"] * 1.1) + 1024),
+        run(["mkfs.ext4", "-q", "-F", "-b", str(BLOCK), "-N", str(int(made["entries"] * 1.1) + 1024),
              "-d", str(tree), f"/dev/{vg_name}/{lv}"])
         details["mkfs_s"] = time.perf_counter() - t0
         shutil.rmtree(tree)
