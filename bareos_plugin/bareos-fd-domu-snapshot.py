@@ -51,6 +51,7 @@ A restore never touches LVs.
 Imports only `bareosfd` and the core library (`domu_snapshot`).
 """
 
+import collections
 import errno
 import os
 import re
@@ -112,23 +113,27 @@ def config_overrides(options):
 
 # --- walking a guest's mount ----------------------------------------------------------------------
 
-class Entry:
-    """One thing to hand to the file daemon."""
+_S_ISDIR = stat.S_ISDIR
+_S_IFMT = 0o170000
+_S_IFREG = stat.S_IFREG
+_S_IFDIR = stat.S_IFDIR
+_S_IFLNK = stat.S_IFLNK
+_S_IFIFO = stat.S_IFIFO
+_NOT_SAVED = {stat.S_IFCHR: "device node", stat.S_IFBLK: "device node", stat.S_IFSOCK: "socket"}
 
-    __slots__ = ("path", "st", "ftype", "link", "no_read")
 
-    def __init__(self, path, st, ftype, link="", no_read=True):
-        self.path = path
-        self.st = st
-        self.ftype = ftype
-        self.link = link
-        self.no_read = no_read
 
-    def __repr__(self):
-        return f"Entry({self.path!r}, ftype={self.ftype}, link={self.link!r})"
+# One thing to hand to the file daemon: `st` is the lstat result as read, `dev` the st_dev the
+# file daemon gets instead (see the module docstring: hard links). A named tuple, made with
+# _make in the walk: one is built per entry of every guest, and that is cheaper than a class.
+Entry = collections.namedtuple("Entry", "path st dev ftype link no_read")
+_new_entry = Entry._make
 
 
 def is_utf8(text):
+    # isascii() is O(1) on str and true for nearly every name; encode only the rest
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -152,9 +157,14 @@ def _count_below(path):
     return count
 
 
+def _entry_name(entry):
+    return entry.name
+
+
 def _list_dir(path):
+    """The DirEntry objects of `path`, sorted by name (a stable order for reports and tests)."""
     with os.scandir(path) as entries:
-        return sorted((entry.name, entry.path) for entry in entries)
+        return sorted(entries, key=_entry_name)
 
 
 def walk_tree(top, problem):
@@ -164,6 +174,9 @@ def walk_tree(top, problem):
     problem(kind, path, detail) hears about what cannot be yielded: "name" (not valid UTF-8;
     detail = entries lost with it), "scandir" (unreadable directory; detail = OSError),
     "lstat" (detail = OSError)."""
+    # One frame per open directory; the inner for loop runs over a directory's children and
+    # breaks out to descend, so the common case (a non-directory) costs one lstat and a yield.
+    # DirEntry.stat(follow_symlinks=False) is the lstat, without building the path again.
     top_st = os.lstat(top)
     try:
         children = _list_dir(top)
@@ -173,49 +186,44 @@ def walk_tree(top, problem):
     stack = [(top, top_st, iter(children))]
     while stack:
         dir_path, dir_st, children = stack[-1]
-        child = next(children, None)
-        if child is None:
+        for child in children:
+            try:
+                st = child.stat(follow_symlinks=False)
+            except OSError as exc:
+                problem("lstat", child.path, exc)
+                continue
+            if not is_utf8(child.name):
+                problem("name", child.path,
+                        1 + (_count_below(child.path) if _S_ISDIR(st.st_mode) else 0))
+                continue
+            if _S_ISDIR(st.st_mode):
+                try:
+                    grandchildren = _list_dir(child.path)
+                except OSError as exc:
+                    problem("scandir", child.path, exc)
+                    grandchildren = []
+                stack.append((child.path, st, iter(grandchildren)))
+                break
+            yield child.path, st
+        else:
             stack.pop()
             yield dir_path, dir_st
-            continue
-        name, path = child
-        try:
-            st = os.lstat(path)
-        except OSError as exc:
-            problem("lstat", path, exc)
-            continue
-        if not is_utf8(name):
-            problem("name", path, 1 + (_count_below(path) if stat.S_ISDIR(st.st_mode) else 0))
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            try:
-                grandchildren = _list_dir(path)
-            except OSError as exc:
-                problem("scandir", path, exc)
-                grandchildren = []
-            stack.append((path, st, iter(grandchildren)))
-            continue
-        yield path, st
 
 
 def classify(path, st):
     """(ftype, link, no_read) for an lstat result, or (None, reason, True) for what is not saved."""
-    mode = st.st_mode
-    if stat.S_ISDIR(mode):
-        return bareosfd.FT_DIREND, path.rstrip("/") + "/", True
-    if stat.S_ISREG(mode):
+    fmt = st.st_mode & _S_IFMT
+    if fmt == _S_IFREG:
         if st.st_size == 0:
             return bareosfd.FT_REGE, "", True
         return bareosfd.FT_REG, "", False
-    if stat.S_ISLNK(mode):
+    if fmt == _S_IFDIR:
+        return bareosfd.FT_DIREND, path.rstrip("/") + "/", True
+    if fmt == _S_IFLNK:
         return bareosfd.FT_LNK, os.readlink(path), True
-    if stat.S_ISFIFO(mode):
+    if fmt == _S_IFIFO:
         return bareosfd.FT_FIFO, "", True
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return None, "device node", True
-    if stat.S_ISSOCK(mode):
-        return None, "socket", True
-    return None, "unknown file type", True
+    return None, _NOT_SAVED.get(fmt, "unknown file type"), True
 
 
 class GuestStats:
@@ -231,13 +239,15 @@ class GuestStats:
     def count(self, entry):
         self.entries += 1
         if entry.ftype == bareosfd.FT_REG:
-            st = entry.st
-            if st.st_nlink > 1:  # the file daemon reads a hard-linked file once
-                key = (st.st_dev, st.st_ino)
-                if key in self._linked:
-                    return
-                self._linked.add(key)
-            self.bytes += st.st_size
+            self.count_bytes(entry.st, entry.dev)
+
+    def count_bytes(self, st, dev):
+        if st.st_nlink > 1:  # the file daemon reads a hard-linked file once
+            key = (dev, st.st_ino)
+            if key in self._linked:
+                return
+            self._linked.add(key)
+        self.bytes += st.st_size
 
 
 def disk_entries(root, dev_id, stats, report):
@@ -261,44 +271,84 @@ def disk_entries(root, dev_id, stats, report):
             incomplete.append(path)
             report(bareosfd.M_ERROR, f"cannot stat {path}: {detail.strerror or detail}")
 
-    for path, st in walk_tree(root, problem):
+    def other(path, st):
+        """The Entry of anything but a regular file (directories too), or None."""
         try:
             ftype, link, no_read = classify(path, st)
         except OSError as exc:  # readlink
             problem("lstat", path, exc)
-            continue
+            return None
         if ftype is None:
             stats.skipped.append((path, link))
-            continue
+            return None
         if not is_utf8(link):
             stats.bad_names += 1
             report(bareosfd.M_ERROR, f"not saved: symlink {path} has a target that is not valid "
                                      f"UTF-8: {os.fsencode(link)!r}")
-            continue
-        entry = Entry(path, _StatView(st, dev_id), ftype, link, no_read)
-        stats.count(entry)
-        yield entry
+            return None
+        stats.entries += 1
+        return _new_entry((path, st, dev_id, ftype, link, no_read))
+
+    # walk_tree(), inlined: this loop runs once per entry of every guest, and a second generator
+    # layer with a (path, st) tuple per entry was a measurable part of its cost. Regular files
+    # (nearly all entries) are decided inline; everything else goes through other()/classify().
+    ft_reg, ft_rege = bareosfd.FT_REG, bareosfd.FT_REGE
+    top_st = os.lstat(root)
+    try:
+        children = _list_dir(root)
+    except OSError as exc:
+        problem("scandir", root, exc)
+        children = []
+    stack = [(root, top_st, iter(children))]
+    while stack:
+        for child in stack[-1][2]:
+            try:
+                st = child.stat(follow_symlinks=False)
+            except OSError as exc:
+                problem("lstat", child.path, exc)
+                continue
+            name = child.name
+            if not (name.isascii() or is_utf8(name)):
+                problem("name", child.path,
+                        1 + (_count_below(child.path) if _S_ISDIR(st.st_mode) else 0))
+                continue
+            fmt = st.st_mode & _S_IFMT
+            if fmt == _S_IFREG:
+                stats.entries += 1
+                if not st.st_size:
+                    yield _new_entry((child.path, st, dev_id, ft_rege, "", True))
+                    continue
+                if st.st_nlink > 1:
+                    stats.count_bytes(st, dev_id)
+                else:
+                    stats.bytes += st.st_size
+                yield _new_entry((child.path, st, dev_id, ft_reg, "", False))
+                continue
+            if fmt == _S_IFDIR:
+                try:
+                    grandchildren = _list_dir(child.path)
+                except OSError as exc:
+                    problem("scandir", child.path, exc)
+                    grandchildren = []
+                stack.append((child.path, st, iter(grandchildren)))
+                break   # descend; this directory's loop resumes when that one is done
+            entry = other(child.path, st)
+            if entry is not None:
+                yield entry
+        else:
+            dir_path, dir_st, _children = stack.pop()
+            entry = other(dir_path, dir_st)
+            if entry is not None:
+                yield entry
     return incomplete
 
 
-class _StatView:
-    """An lstat result with st_dev replaced (see the module docstring: hard links)."""
-
-    __slots__ = ("_st", "st_dev")
-
-    def __init__(self, st, dev_id):
-        self._st = st
-        self.st_dev = dev_id
-
-    def __getattr__(self, name):
-        return getattr(self._st, name)
-
-
-def stat_packet(st):
+def stat_packet(st, dev=None):
+    """The StatPacket of an lstat result; `dev` replaces st_dev when given."""
     return bareosfd.StatPacket(
-        dev=st.st_dev & 0xFFFFFFFF, ino=st.st_ino, mode=st.st_mode, nlink=min(st.st_nlink, 0xFFFF),
-        uid=st.st_uid, gid=st.st_gid, rdev=st.st_rdev & 0xFFFFFFFF, size=st.st_size,
-        atime=int(st.st_atime), mtime=int(st.st_mtime), ctime=int(st.st_ctime),
+        dev=(st.st_dev if dev is None else dev) & 0xFFFFFFFF, ino=st.st_ino, mode=st.st_mode,
+        nlink=min(st.st_nlink, 0xFFFF), uid=st.st_uid, gid=st.st_gid, rdev=st.st_rdev & 0xFFFFFFFF,
+        size=st.st_size, atime=int(st.st_atime), mtime=int(st.st_mtime), ctime=int(st.st_ctime),
         blksize=st.st_blksize, blocks=st.st_blocks)
 
 
@@ -470,7 +520,7 @@ class Plugin:
                 try:
                     st = os.lstat(xml_path)
                     if stat.S_ISREG(st.st_mode):
-                        entry = Entry(xml_path, _StatView(st, 0), bareosfd.FT_REG, "", st.st_size == 0)
+                        entry = Entry(xml_path, st, 0, bareosfd.FT_REG, "", st.st_size == 0)
                         stats.count(entry)
                         yield entry
                         self.roots[xml_path] = "complete"
@@ -712,7 +762,7 @@ def start_backup_file(savepkt):
     _plugin.current = entry
     savepkt.fname = entry.path
     savepkt.link = entry.link
-    savepkt.statp = stat_packet(entry.st)
+    savepkt.statp = stat_packet(entry.st, entry.dev)
     savepkt.type = entry.ftype
     savepkt.no_read = entry.no_read
     return bareosfd.bRC_OK
@@ -730,28 +780,30 @@ _IN_CORE = hasattr(bareosfd, "iostat_do_in_core")
 _NOATIME = getattr(os, "O_NOATIME", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC
 
 
 def plugin_io(iop):
+    func = iop.func  # read once: each packet attribute is a conversion on the C side
     try:
-        if iop.func == bareosfd.IO_OPEN:
+        if func == bareosfd.IO_OPEN:
             return _io_open(iop)
-        if iop.func == bareosfd.IO_READ:
+        if func == bareosfd.IO_CLOSE:
+            _plugin.close_fd()
+            iop.status = 0
+            return bareosfd.bRC_OK
+        if func == bareosfd.IO_READ:
             data = os.read(_plugin.fd, iop.count)
             iop.buf = bytearray(data)
             iop.status = len(data)
             return bareosfd.bRC_OK
-        if iop.func == bareosfd.IO_WRITE:
+        if func == bareosfd.IO_WRITE:
             view = memoryview(iop.buf or b"")[:iop.count]
             while view:
                 view = view[os.write(_plugin.fd, view):]
             iop.status = iop.count
             return bareosfd.bRC_OK
-        if iop.func == bareosfd.IO_CLOSE:
-            _plugin.close_fd()
-            iop.status = 0
-            return bareosfd.bRC_OK
-        if iop.func == bareosfd.IO_SEEK:
+        if func == bareosfd.IO_SEEK:
             iop.status = os.lseek(_plugin.fd, iop.offset, iop.whence)
             return bareosfd.bRC_OK
     except OSError as exc:
@@ -765,29 +817,14 @@ def plugin_io(iop):
 
 def _io_open(iop):
     _plugin.close_fd()
-    writing = bool(iop.flags & (os.O_WRONLY | os.O_RDWR))
-    if writing:
-        path = iop.fname
-        problem = restore_path_problem(path, _restore_where(), _plugin.options.get("mount_root"))
-        if problem:
-            _plugin.job(bareosfd.M_ERROR, f"restore refused: {problem}")
+    if iop.flags & (os.O_WRONLY | os.O_RDWR):
+        fd = _open_for_restore(iop.fname)
+        if fd is None:
             iop.status = -1
             iop.io_errno = 1  # EPERM
             return bareosfd.bRC_Error
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC, 0o600)
     else:
-        entry = _plugin.current
-        if entry is None or entry.path != iop.fname:
-            raise OSError(2, f"IO_OPEN for {iop.fname!r}, which is not the entry being saved")
-        flags = os.O_RDONLY | _NOFOLLOW | _CLOEXEC
-        try:
-            fd = os.open(entry.path, flags | _NOATIME)
-        except PermissionError:
-            fd = os.open(entry.path, flags)  # O_NOATIME needs ownership or CAP_FOWNER
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_ino != entry.st.st_ino:
-            os.close(fd)
-            raise OSError(116, f"{entry.path} changed since it was listed")
+        fd = _open_for_backup(_plugin.current, iop.fname)
     _plugin.fd = fd
     if _IN_CORE:
         iop.filedes = fd
@@ -795,6 +832,30 @@ def _io_open(iop):
     else:
         iop.status = 0
     return bareosfd.bRC_OK
+
+
+def _open_for_backup(entry, fname):
+    if entry is None or entry.path != fname:
+        raise OSError(2, f"IO_OPEN for {fname!r}, which is not the entry being saved")
+    try:
+        fd = os.open(entry.path, _READ_FLAGS | _NOATIME)
+    except PermissionError:
+        fd = os.open(entry.path, _READ_FLAGS)  # O_NOATIME needs ownership or CAP_FOWNER
+    # One fstat (cat makes the same call): the descriptor must be the file that was listed.
+    st = os.fstat(fd)
+    if st.st_mode & _S_IFMT != _S_IFREG or st.st_ino != entry.st.st_ino:
+        os.close(fd)
+        raise OSError(116, f"{entry.path} changed since it was listed")
+    return fd
+
+
+def _open_for_restore(path):
+    """A descriptor to write `path`, or None when the path is refused (reported)."""
+    problem = restore_path_problem(path, _restore_where(), _plugin.options.get("mount_root"))
+    if problem:
+        _plugin.job(bareosfd.M_ERROR, f"restore refused: {problem}")
+        return None
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _CLOEXEC, 0o600)
 
 
 # --- ACLs and extended attributes ----------------------------------------------------------------

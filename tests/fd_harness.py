@@ -536,6 +536,23 @@ class FileDaemon:
         if no_read:
             self._acl_xattr(record)  # SaveFile asks for them whether or not data was read
             return record
+        opened_fd = self._read_data(record, cancel_after, opened)
+        if opened_fd is None:
+            return record
+        fd, in_core = opened_fd
+        # a check of the harness (the core does not make it), kept out of _read_data
+        if in_core and fd >= 0 and _fd_is_open(fd):
+            raise ProtocolError(f"IO_CLOSE left descriptor {fd} of {fname} open")
+        if not self.job.canceled:
+            self._acl_xattr(record)
+        return record
+
+    def _read_data(self, record, cancel_after, opened):
+        """sendData for one file: plugin_io IO_OPEN, the reads (by the core itself from the
+        descriptor when the plugin asks for in-core I/O, in READ_CHUNK pieces like the core's
+        64 KiB buffer), IO_CLOSE; record.data is set unless reading failed. Returns (fd, in_core),
+        or None when IO_OPEN failed (record.error says why)."""
+        fname = record.fname
         iop = bareosfd._make(bareosfd.IoPacket, func=bareosfd.IO_OPEN, count=0,
                              flags=os.O_RDONLY, mode=0, fname=fname, filedes=-1)
         rc = self._call("plugin_io", iop)
@@ -543,7 +560,7 @@ class FileDaemon:
             err = os.strerror(iop.io_errno) if iop.io_errno else "error"
             self.job.messages.append((bareosfd.M_NOTSAVED, f'     Cannot open "{fname}": ERR={err}.'))
             record.error = err
-            return record
+            return None
         in_core = iop.status == IOSTAT_DO_IN_CORE
         fd = iop.filedes
         if in_core and fd < 0:
@@ -583,13 +600,9 @@ class FileDaemon:
                     chunks.append(bytes(buf[:iop.status]))
         close = bareosfd._make(bareosfd.IoPacket, func=bareosfd.IO_CLOSE, fname=None, filedes=fd)
         self._call("plugin_io", close)
-        if in_core and fd >= 0 and _fd_is_open(fd):
-            raise ProtocolError(f"IO_CLOSE left descriptor {fd} of {fname} open")
         if not record.error and not self.job.canceled:
             record.data = b"".join(chunks)
-        if not self.job.canceled:
-            self._acl_xattr(record)
-        return record
+        return fd, in_core
 
     def _acl_xattr(self, record):
         """backup.cc DoBackupAcl (not for FT_LNK) and DoBackupXattr, with fd_plugins.cc's

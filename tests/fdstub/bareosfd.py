@@ -169,6 +169,7 @@ class _Member:
 
     def __init__(self, kind):
         self.kind = kind
+        self._low, self._high = self._RANGES.get(kind, (1, 0))  # (1, 0): no int is in range
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -193,6 +194,9 @@ class _Member:
         setattr(obj, self.slot, self.convert(value))
 
     def convert(self, value):
+        # an int in range is stored as it is (bool, an int subclass, takes the long way)
+        if type(value) is int and self._low <= value <= self._high:
+            return value
         kind = self.kind
         if kind == "object":
             return value
@@ -227,10 +231,9 @@ class _Packet:
     __slots__ = ()
     _members = ()       # (name, kind, default) in C declaration order
     _init_keywords = ()  # the C type's kwlist
+    _fillers = ()        # set by _packet_type
 
     def __init__(self, *args, **kwargs):
-        for name, _kind, default in self._members:
-            object.__setattr__(self, "_v_" + name, default() if callable(default) else default)
         keywords = self._init_keywords
         if len(args) > len(keywords):
             raise TypeError(f"{type(self).__name__}() takes at most {len(keywords)} arguments")
@@ -241,13 +244,22 @@ class _Packet:
             if key in values:
                 raise TypeError(f"argument for {type(self).__name__}() given by name and position")
             values[key] = value
-        member_names = {name for name, _kind, _default in self._members}
+        given = {}
         for key, value in values.items():
             target = self._keyword_targets.get(key, key)
             if key in self._init_truth:
                 value = bool(value)  # the "p" format takes any object's truth value
-            if target in member_names:
-                getattr(type(self), target)._store(self, value)
+            if target in self._member_kinds:
+                given[target] = value
+        self._fill(given)
+
+    def _fill(self, given):
+        """Every member from `given` (converted like a C member assignment) or its default."""
+        for name, convert, store, default in self._fillers:
+            if name in given:
+                store(self, convert(given[name]))
+            else:
+                store(self, default() if callable(default) else default)
 
     _keyword_targets = {}
     _init_truth = ()
@@ -262,6 +274,7 @@ def _packet_type(name, members, init_keywords, keyword_targets=None, init_truth=
         "_init_truth": frozenset(init_truth),
         "__slots__": tuple("_v_" + member[0] for member in members),
         "_members": tuple(members),
+        "_member_kinds": {member[0]: member[1] for member in members},
         "_init_keywords": tuple(init_keywords),
         "_keyword_targets": dict(keyword_targets or {}),
         "__doc__": doc,
@@ -272,6 +285,10 @@ def _packet_type(name, members, init_keywords, keyword_targets=None, init_truth=
     cls = type(name, (_Packet,), namespace)
     for member_name, _kind, _default in members:
         cls.__dict__[member_name].__set_name__(cls, member_name)
+    # (name, conversion, the slot's own setter, default) per member, for _fill
+    cls._fillers = tuple((member_name, cls.__dict__[member_name].convert,
+                          cls.__dict__["_v_" + member_name].__set__, default)
+                         for member_name, _kind, default in members)
     return cls
 
 
@@ -408,9 +425,11 @@ RestoreObject = _packet_type(
 
 def _make(cls, **values):
     """Build a packet the way the C side does (it may fill read-only string members)."""
-    packet = cls()
-    for name, value in values.items():
-        getattr(cls, name)._store(packet, value)
+    unknown = set(values) - set(cls._member_kinds)
+    if unknown:
+        raise AttributeError(f"type object {cls.__name__!r} has no attribute {sorted(unknown)[0]!r}")
+    packet = object.__new__(cls)
+    packet._fill(values)
     return packet
 
 

@@ -114,9 +114,28 @@ def test_disk_entries_report_per_file_and_count(tree):
     assert any("symlink" in text and "target-" in text for text in errors)
     assert stats.bad_names == 1 + 3 + 1
     assert stats.skipped == [(str(tree / "sock"), "socket")]
-    assert {e.st.st_dev for e in entries} == {7}         # the per-disk stand-in
+    # the per-disk stand-in for st_dev is what the file daemon gets
+    assert {plugin.stat_packet(e.st, e.dev).st_dev for e in entries} == {7}
     # a hard-linked file is counted once in the byte total
     assert stats.bytes == len("127.0.0.1 localhost\n") + 5000 + 0
+
+
+def test_disk_entries_match_walk_tree_and_classify(tree):
+    """disk_entries inlines walk_tree and the common cases of classify (for speed): both must
+    still agree on every entry, its order, type, link and whether it has data."""
+    job = fd_harness.Job({})
+    bareosfd._install(job)
+    try:
+        entries = list(plugin.disk_entries(str(tree), 7, plugin.GuestStats(), lambda *a: None))
+    finally:
+        bareosfd._uninstall()
+    expected = []
+    for path, st in walk(tree)[0]:
+        ftype, link, no_read = plugin.classify(path, st)
+        if ftype is not None and plugin.is_utf8(link):
+            expected.append((path, st.st_ino, ftype, link, no_read))
+    assert [(e.path, e.st.st_ino, e.ftype, e.link, e.no_read) for e in entries] == expected
+    assert len(expected) == 11   # the fixture's savable entries (not a vacuous comparison)
 
 
 def _walk_as_nobody(root):
@@ -163,3 +182,5 @@ def test_stat_packet_takes_lstat_values(tree):
     assert packet.st_ino == st.st_ino and packet.st_size == st.st_size
     assert packet.st_mtime == int(st.st_mtime) and packet.st_nlink == 2
     assert packet.st_mode == st.st_mode
+    assert packet.st_dev == st.st_dev & 0xFFFFFFFF
+    assert plugin.stat_packet(st, 3).st_dev == 3
