@@ -1074,5 +1074,5 @@ def install_dir_runner(monkeypatch, guests):
     from domu_snapshot import lifecycle
     DirRunner.calls = []
     monkeypatch.setattr(lifecycle, "Runner",
-                        lambda cfg, log=None: DirRunner(cfg, log, guests))
+                        lambda cfg, log=None, owner="": DirRunner(cfg, log, guests))
     return DirRunner.calls
