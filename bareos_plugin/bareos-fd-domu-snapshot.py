@@ -8,6 +8,11 @@ Options (mirror the CLI's; `\\:` escapes a colon inside a value):
   libvirt_uri=qemu:///system
 
 Backup: on bEventStartBackupJob the plugin reaps leftovers of crashed runs and discovers the guests.
+Snapshots it makes carry the tag domu_snapshot_plugin: the plugin holds the run lock for its whole
+job, so one found at job start is from a dead job. What `domu-snapshot mount` made (helpers mode,
+tag domu_snapshot_cli, and the mounts and loop devices over it) is left alone with an M_WARNING
+per guest: a helpers-mode job may be reading it. A guest of this job that is held that way fails
+(M_ERROR, not backed up, nothing of it touched); the other guests go on.
 Then, one guest at a time (prepare=each, the default), it prepares the guest (snapshot, partition,
 loop, journal replay, read-only mount at <mount_root>/<vg>/<lv>), hands every entry below the mount
 to the file daemon, and tears the guest down before the next one; prepare=all prepares every guest
@@ -446,7 +451,9 @@ class Plugin:
         except DomuError as exc:
             self.job(bareosfd.M_FATAL, f"configuration: {exc}")
             return bareosfd.bRC_Error
-        self.runner = Runner(self.cfg, log=self.runner_log)
+        # owner "plugin": its snapshots carry the plugin's tag, and what `domu-snapshot mount`
+        # holds (helpers mode, another job) is left alone
+        self.runner = Runner(self.cfg, log=self.runner_log, owner="plugin")
         try:
             # one run at a time, held until the job's teardown
             self.run_lock = self.runner.lock().acquire()
@@ -465,7 +472,9 @@ class Plugin:
         return bareosfd.bRC_OK
 
     def report_reaped(self, result):
-        if result.ok:
+        if result.status == "held":
+            self.job(bareosfd.M_WARNING, "; ".join(result.notes))
+        elif result.ok:
             self.job(bareosfd.M_INFO, f"removed what an earlier run left of guest {result.guest.name}")
         else:
             self.job(bareosfd.M_ERROR, f"could not remove what an earlier run left: {result.error}")
@@ -496,6 +505,8 @@ class Plugin:
             result = self.runner.prepare(guest, self.space_errors.get(guest.name))
         except Exception as exc:  # prepare tears down after itself; never crash the file daemon
             result = _Failed(guest, f"{guest.name}: prepare failed: {type(exc).__name__}: {exc}")
+        if getattr(result, "held_by", ""):
+            self.live.pop(guest.name, None)  # another job's snapshot: never ours to tear down
         if not result.ok:
             self.failures += 1
             self.job(bareosfd.M_ERROR, f"guest {guest.name}: NOT backed up: {result.error}")

@@ -106,7 +106,8 @@ def main(argv=None):
         return EXIT_USAGE
     out = Output(cfg.syslog)
     commands.set_dry_run(cfg.dry_run, printer=lambda text: out("info", text))
-    runner = Runner(cfg, log=out)
+    # owner "cli": helpers mode holds these snapshots between `mount` and `unmount` (lvm.OWNER_TAGS)
+    runner = Runner(cfg, log=out, owner="cli")
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_on_signal)
     handler = {"list": cmd_list, "mount": cmd_mount, "unmount": cmd_unmount, "status": cmd_status,
@@ -148,6 +149,9 @@ def _line(out, result):
         out("error", f"FAILED  {result.error}  ({result.seconds:.1f}s)")
     elif result.status == "skipped":
         out("warning", f"SKIPPED {name}: {'; '.join(result.notes)}")
+        return
+    elif result.status == "held":
+        out("warning", f"HELD    {name}: {'; '.join(result.notes)}")
         return
     else:
         detail = "; ".join(d.describe() for d in result.disks) if result.action == "mount" else "torn down"

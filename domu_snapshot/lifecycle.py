@@ -94,6 +94,7 @@ class GuestResult:
     notes: List[str] = dataclasses.field(default_factory=list)
     domain_xml: str = ""  # the libvirt definition (virsh define accepts it); "" for a plain LV
     domain_xml_path: str = ""  # where prepare wrote it: <mount_root>/<vg>/<first lv>.domain.xml
+    held_by: str = ""  # owner ("cli") of a snapshot this runner left alone; see Runner.leave_alone
 
     @property
     def ok(self):
@@ -117,11 +118,33 @@ class SystemState:
     snapshots: dict  # "vg/name" -> LogicalVolume of our tagged snapshots
 
 
+# Whose snapshots a runner leaves alone, by the runner's owner. The plugin must not tear down a
+# helpers-mode job's mounts between its `mount` and `unmount` (its FileSet may be being read);
+# the CLI handles everything that is ours (it is what helpers, cleanup and the boot service run).
+LEAVE_ALONE = {"plugin": frozenset({"cli"})}
+
+
+def _maker(owner):
+    return "`domu-snapshot mount` (helpers mode)" if owner == "cli" else f"a {owner} run"
+
+
+def held_message(name, owner):
+    """What a runner says about a guest it leaves alone (names the guest and what to do)."""
+    return (f"guest {name} is mounted by {_maker(owner)}: a backup job may be reading it, so it was "
+            f"left alone. If no job uses it, run `domu-snapshot unmount {name}`")
+
+
 # ------------------------------------------------------------------- runner
 
 class Runner:
-    def __init__(self, config, log=None):
+    def __init__(self, config, log=None, owner=""):
+        """`owner`: "cli" (domu-snapshot), "plugin" (the Bareos plugin) or "" (no owner tag: only
+        for callers that hold the run lock for as long as their snapshots live)."""
+        if owner and owner not in lvm.OWNER_TAGS:
+            raise ValueError(f"unknown runner owner {owner!r}")
         self.cfg = config
+        self.owner = owner
+        self.leave_alone = LEAVE_ALONE.get(owner, frozenset())
         self._log = log or (lambda level, message: None)
         self._volumes = None
         self._quiescer = None
@@ -258,6 +281,18 @@ class Runner:
             result.status = "skipped"
             result.notes.append("LV is not active: not touched (activate it with lvchange -ay to back it up)")
             return result
+        held = self._held_snapshot(guest)
+        if held is not None:
+            # Fails without any teardown: what is there is another job's, not ours to touch.
+            result.held_by = held.owner
+            result.fail(GuestError(
+                guest.name, "snapshot",
+                f"{held.key} was made by {_maker(held.owner)} and is still held: a backup job may be "
+                f"reading it, so this run leaves it alone and does not back up this guest",
+                f"run the helpers-mode job and this one at different times; if no job uses it, run "
+                f"`domu-snapshot unmount {guest.name}`"))
+            result.seconds = time.monotonic() - started
+            return result
         if space_error is not None:
             result.fail(space_error)
             result.seconds = time.monotonic() - started
@@ -295,6 +330,17 @@ class Runner:
                 raise GuestError(guest.name, "snapshot name", problem,
                                  "rename the LV (lvrename) to a shorter name; nothing was created")
 
+    def _held_snapshot(self, guest):
+        """One of the guest's snapshots that this runner must leave alone, or None. From the lvs of
+        discover(): under the run lock, no `domu-snapshot mount` or `unmount` can change it since."""
+        if not self.leave_alone:
+            return None
+        names = {f"{d.vg}/{d.snapshot_name}" for d in guest.disks}
+        for lv in self._volumes or []:
+            if lv.ours and lv.key in names and lv.owner in self.leave_alone:
+                return lv
+        return None
+
     def _remove_leftovers(self, guest, result):
         """A snapshot left by a crashed run would make lvcreate fail on the name."""
         existing = {lv.key for lv in self._volumes or [] if lv.ours}
@@ -311,7 +357,7 @@ class Runner:
                 spec = self.cfg.for_guest(guest.name, "snapshot_size")
                 chunk = self.cfg.for_guest(guest.name, "chunk_size")
                 try:
-                    lvm.create_snapshot(disk.origin, spec, chunk)
+                    lvm.create_snapshot(disk.origin, spec, chunk, self.owner)
                 except CommandError as exc:
                     raise GuestError(guest.name, "snapshot", exc.summary(),
                                      f"check free space (vgs {disk.vg}) and leftovers (domu-snapshot status)") from None
@@ -438,7 +484,44 @@ class Runner:
         however many guests.
         """
         state = state or self.system_state()
-        return [self._teardown_guest(guest, state) for guest in guests]
+        held = self.held(state)
+        return [self._teardown_guest(guest, state, held) for guest in guests]
+
+    def held(self, state):
+        """(vg, lv) of guest disks this runner must leave alone -> the snapshot's owner.
+
+        From the system alone: our snapshots carrying a protected owner tag, and mounts under the
+        mount root on a loop device over such a snapshot (so a mount counts as held even when the
+        snapshot's own name does not match its path).
+        """
+        if not self.leave_alone:
+            return {}
+        held, by_rdev = {}, {}
+        for snapshot in state.snapshots.values():
+            if snapshot.owner in self.leave_alone:
+                held[(snapshot.vg, lvm.origin_name(snapshot))] = snapshot.owner
+                if snapshot.major is not None:
+                    by_rdev[(snapshot.major, snapshot.minor)] = snapshot
+        if not held:
+            return held
+        held_loops = {}
+        for device in state.loops:
+            snapshot = by_rdev.get(device.backing_rdev())
+            if snapshot is not None:
+                held_loops[device.name] = snapshot
+        for target, source in state.mounts:
+            snapshot = held_loops.get(source)
+            key = self._disk_of_mount(target)
+            if snapshot is not None and key is not None:
+                held[key] = snapshot.owner
+        return held
+
+    def _disk_of_mount(self, target):
+        """(vg, lv) for a mount at or below <mount_root>/<vg>/<lv>, else None."""
+        parts = os.path.relpath(target, os.path.normpath(self.cfg.mount_root)).split(os.sep)
+        if len(parts) >= 2 and parts[0] not in (".", ".."):
+            return parts[0], parts[1]
+        return None
 
     def _teardown_quietly(self, guest, result):
         try:
@@ -449,9 +532,16 @@ class Runner:
         except (CommandError, OSError) as exc:
             result.notes.append(f"cleanup could not read the system state: {exc}; run domu-snapshot cleanup")
 
-    def _teardown_guest(self, guest, state):
+    def _teardown_guest(self, guest, state, held):
         started = time.monotonic()
         result = GuestResult(guest, "unmount")
+        owners = [held[(d.vg, d.lv)] for d in guest.disks if (d.vg, d.lv) in held]
+        if owners:
+            # Not ours to touch (see LEAVE_ALONE): nothing of this guest is torn down.
+            result.status = "held"
+            result.held_by = owners[0]
+            result.notes.append(held_message(guest.name, owners[0]))
+            return result
         for disk in guest.disks:
             disk_result = DiskResult(disk)
             result.disks.append(disk_result)
@@ -494,30 +584,30 @@ class Runner:
         state = state or self.system_state()
         disks = {}
         for snapshot in state.snapshots.values():
-            origin = snapshot.origin or snapshot.name[: -len(lvm.SUFFIX)]
-            disks[(snapshot.vg, origin)] = True
-        root = os.path.normpath(self.cfg.mount_root)
+            disks[(snapshot.vg, lvm.origin_name(snapshot))] = True
         foreign = []
         for target, _source in state.mounts:
-            parts = os.path.relpath(target, root).split(os.sep)
-            if len(parts) >= 2 and parts[0] not in (".", ".."):
-                disks[(parts[0], parts[1])] = True
+            key = self._disk_of_mount(target)
+            if key is not None:
+                disks[key] = True
             else:
                 foreign.append(target)
         guests = [Guest(lv, [Disk(vg, lv, self.mount_path(vg, lv))]) for vg, lv in disks]
         return guests, foreign
 
     def reap(self):
-        """Tear down everything earlier runs left: returns per-guest results."""
+        """Tear down everything earlier runs left: returns per-guest results. What this runner must
+        leave alone (a plugin runner: what `domu-snapshot mount` holds) comes back with status
+        "held" and nothing of it touched."""
         state = self.system_state()
         guests, foreign = self.leftovers(state)
         for target in foreign:
             self.log("warning", f"{target} is mounted under the mount root but is not ours: not touched")
         results = self.teardown(guests, state)
-        self._remove_stale_dirs()
+        self._remove_stale_dirs(keep={os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == "held"})
         return results
 
-    def _remove_stale_dirs(self):
+    def _remove_stale_dirs(self, keep=()):
         root = self.cfg.mount_root
         try:
             vgs = os.listdir(root)
@@ -531,7 +621,7 @@ class Runner:
                 path = os.path.join(vg_dir, lv)
                 if not os.path.islink(path) and os.path.isdir(path) and not os.path.ismount(path):
                     mount.remove_empty_dirs(path, root)
-            quiesce.remove_stale_domain_xml(vg_dir)
+            quiesce.remove_stale_domain_xml(vg_dir, keep)
             mount.remove_empty_dirs(vg_dir, root)
 
 

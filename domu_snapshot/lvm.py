@@ -13,6 +13,11 @@ from . import commands
 
 TAG = "domu_snapshot"
 SUFFIX = "-dsnap"
+# Who made a snapshot: a second tag next to TAG. The plugin holds the run lock for its whole job,
+# so a plugin-made snapshot found by a holder of the lock is from a dead job. `domu-snapshot mount`
+# (helpers mode) keeps its snapshot until `domu-snapshot unmount` while no process holds anything,
+# so a plugin job must leave it alone. A snapshot without an owner tag (older versions) is anyone's.
+OWNER_TAGS = {"cli": "domu_snapshot_cli", "plugin": "domu_snapshot_plugin"}
 
 # Device-mapper names are at most 127 characters (DM_NAME_LEN 128 with NUL);
 # LVM's own LV names are limited the same way.
@@ -78,6 +83,14 @@ class LogicalVolume:
     @property
     def ours(self):
         return TAG in self.tags and self.is_snapshot
+
+    @property
+    def owner(self):
+        """"cli", "plugin" or "" (no owner tag); "cli" wins should both be there (it is protected)."""
+        for owner, tag in OWNER_TAGS.items():
+            if tag in self.tags:
+                return owner
+        return ""
 
     @property
     def invalid(self):
@@ -149,6 +162,11 @@ def snapshot_name(origin):
     return origin + SUFFIX
 
 
+def origin_name(snapshot):
+    """The origin LV's name of one of our snapshots (from LVM, else from our naming)."""
+    return snapshot.origin or snapshot.name[: -len(SUFFIX)]
+
+
 def check_snapshot_name(vg, origin):
     """Return None if the snapshot of vg/origin can be named within LVM's and dm's limits, else why not."""
     name = snapshot_name(origin)
@@ -193,10 +211,15 @@ def snapshot_extents(origin, spec):
     return max(1, math.ceil(wanted / origin.extent_size))
 
 
-def create_snapshot(origin, spec, chunk_size=""):
-    """lvcreate a tagged snapshot of `origin`; thin origins get a thin snapshot (no size, -K)."""
+def create_snapshot(origin, spec, chunk_size="", owner=""):
+    """lvcreate a tagged snapshot of `origin`; thin origins get a thin snapshot (no size, -K).
+    `owner` ("cli", "plugin" or "") adds the owner tag (see OWNER_TAGS)."""
+    if owner and owner not in OWNER_TAGS:
+        raise ValueError(f"unknown snapshot owner {owner!r} (known: {', '.join(OWNER_TAGS)})")
     name = snapshot_name(origin.name)
     argv = ["lvcreate", "--snapshot", "--name", name, "--addtag", TAG]
+    if owner:
+        argv += ["--addtag", OWNER_TAGS[owner]]
     if origin.is_thin:
         # Thin snapshots have activation skip set; -K activates it anyway.
         argv += ["--ignoreactivationskip"]

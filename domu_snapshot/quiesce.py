@@ -269,8 +269,9 @@ def remove_domain_xml(mount_path):
         pass
 
 
-def remove_stale_domain_xml(vg_dir):
-    """After a crash: definition files (and half-written ones) whose mount is gone, in one VG directory."""
+def remove_stale_domain_xml(vg_dir, keep=()):
+    """After a crash: definition files (and half-written ones) whose mount is gone, in one VG directory.
+    Those of mount paths in `keep` (another job's guests, e.g. a swap-only first disk) stay."""
     try:
         names = os.listdir(vg_dir)
     except OSError:
@@ -279,7 +280,7 @@ def remove_stale_domain_xml(vg_dir):
         path = os.path.join(vg_dir, name)
         if name.endswith(DOMAIN_XML_SUFFIX):
             mount_path = path[: -len(DOMAIN_XML_SUFFIX)]
-            if not os.path.ismount(mount_path):
+            if not os.path.ismount(mount_path) and os.path.normpath(mount_path) not in keep:
                 remove_domain_xml(mount_path)
         elif DOMAIN_XML_SUFFIX + ".tmp" in name and os.path.isfile(path) and not os.path.islink(path):
             os.unlink(path)

@@ -1043,6 +1043,7 @@ class FakeGuest:
     overflow: bool = False              # teardown finds the snapshot overflowed
     peak_percent: float = 2.5
     domain_xml: str = ""                # written next to the first disk's mount, like the core
+    held_by: str = ""                   # "cli": held by `domu-snapshot mount` (the core leaves it alone)
 
 
 class DirRunner:
@@ -1076,7 +1077,15 @@ class DirRunner:
 
     def reap(self):
         self.calls.append(("reap",))
-        return []
+        lc = self.lifecycle
+        results = []
+        for fake in self.fakes.values():
+            if fake.held_by:  # as the core reports what another owner holds
+                result = lc.GuestResult(lc.Guest(fake.name, []), "unmount", status="held",
+                                        held_by=fake.held_by)
+                result.notes.append(lc.held_message(fake.name, fake.held_by))
+                results.append(result)
+        return results
 
     def discover(self, names=None):
         self.calls.append(("discover",))
@@ -1093,6 +1102,11 @@ class DirRunner:
         self.calls.append(("prepare", guest.name))
         fake = self.fakes[guest.name]
         result = self.lifecycle.GuestResult(guest, "mount", seconds=0.01)
+        if fake.held_by:
+            result.held_by = fake.held_by
+            result.fail(GuestError(guest.name, "snapshot", "held by `domu-snapshot mount` (helpers mode)",
+                                   "see the test"))
+            return result
         if fake.prepare_error:
             step, message = fake.prepare_error
             result.fail(GuestError(guest.name, step, message, "see the test"))
@@ -1152,5 +1166,5 @@ def install_dir_runner(monkeypatch, guests):
     from domu_snapshot import lifecycle
     DirRunner.calls = []
     monkeypatch.setattr(lifecycle, "Runner",
-                        lambda cfg, log=None: DirRunner(cfg, log, guests))
+                        lambda cfg, log=None, owner="": DirRunner(cfg, log, guests))
     return DirRunner.calls

@@ -175,6 +175,25 @@ def test_broken_guest_is_reported_and_others_complete(monkeypatch, guests):
     assert_balanced(calls)
 
 
+def test_guest_held_by_helpers_mode_fails_alone_and_is_not_torn_down(monkeypatch, guests):
+    """A guest `domu-snapshot mount` holds: a warning at job start, an error as a guest of this
+    job, never a teardown by the plugin; the other guest is backed up."""
+    guests[0].held_by = "cli"
+    calls = fd_harness.install_dir_runner(monkeypatch, guests)
+    result = FileDaemon(definition()).backup()
+    assert result.status == "E"
+    warnings = result.job.texts(bareosfd.M_WARNING)
+    assert any("guest domu-a is mounted by `domu-snapshot mount`" in t
+               and "domu-snapshot unmount domu-a" in t for t in warnings), warnings
+    errors = result.job.errors
+    assert len(errors) == 1 and "domu-a: NOT backed up" in errors[0] and "helpers mode" in errors[0]
+    assert ("teardown", "domu-a") not in calls
+    b = str(guests[1].trees[0])
+    assert result.records and all(r.fname.startswith(b) for r in result.records)
+    assert len(info_lines(result)) == 1
+    assert calls[-1] == ("unlock",)
+
+
 def test_guest_whose_mount_vanishes_fails_alone(monkeypatch, guests, tmp_path):
     guests[0].trees = [tmp_path / "not-there"]
     calls = fd_harness.install_dir_runner(monkeypatch, guests)

@@ -125,7 +125,8 @@ def test_list_shows_partition_and_offset(guests, clean):
 def test_dry_run_changes_nothing(guest_vg, guests, clean):
     proc = cli("--dry-run", "mount", "--all")
     assert proc.returncode == 0, proc.stderr
-    assert "would run: lvcreate --snapshot --name domu-modern-dsnap --addtag domu_snapshot" in proc.stdout
+    assert ("would run: lvcreate --snapshot --name domu-modern-dsnap --addtag domu_snapshot "
+            "--addtag domu_snapshot_cli ") in proc.stdout
     assert_nothing_left(guest_vg)
 
 
@@ -292,3 +293,26 @@ def test_second_run_waits_then_fails_naming_the_holder(guest_vg, guests, clean):
     snapshots = [lv["lv_name"] for lv in guest_vg.lvs() if lv["lv_name"].endswith("-dsnap")]
     assert sorted(snapshots) == ["domu-gpt-dsnap", "domu-modern-dsnap", "domu-oldxen-dsnap"]
     assert cli("unmount", "--all").returncode == 0
+
+
+# ------------------------------------------------------------ snapshot owners
+
+def test_cli_snapshots_carry_its_tag_and_cleanup_removes_every_owner(guest_vg, clean):
+    """`domu-snapshot mount` tags its snapshot as the CLI's; `cleanup` (and the boot-time service,
+    which runs it) still removes everything that is ours: CLI-held, plugin-made, untagged."""
+    proc = cli("mount", "domu-modern")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name, tags in (("domu-gpt", ["domu_snapshot", "domu_snapshot_plugin"]), ("domu-oldxen", ["domu_snapshot"])):
+        argv = ["lvcreate", "-q", "--snapshot", "--name", f"{name}-dsnap", "--size", "8M"]
+        for tag in tags:
+            argv += ["--addtag", tag]
+        guestdisks.run(argv + [f"{VG}/{name}"])
+    tags = {lv["lv_name"]: sorted(t for t in lv["lv_tags"].split(",") if t)
+            for lv in guest_vg.lvs() if lv["lv_name"].endswith("-dsnap")}
+    assert tags == {"domu-modern-dsnap": ["domu_snapshot", "domu_snapshot_cli"],
+                    "domu-gpt-dsnap": ["domu_snapshot", "domu_snapshot_plugin"],
+                    "domu-oldxen-dsnap": ["domu_snapshot"]}
+    proc = cli("cleanup")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 leftover guest(s) torn down" in proc.stdout
+    assert_nothing_left(guest_vg)

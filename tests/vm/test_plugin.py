@@ -12,11 +12,16 @@ module_path pointed at this checkout, and the test's own mount root and VG added
    loop device or mount is left, the run lock is free.
 5. One broken guest: reported with its step and reason, the other guest is complete.
 6. Extended attributes and POSIX ACLs set in a guest's origin survive backup and restore.
+7. Helpers mode (`domu-snapshot mount`) and the plugin on one host: the plugin leaves the helpers'
+   mount alone and reaps only what dead plugin jobs (and older versions) left.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -264,3 +269,110 @@ def test_extended_attributes_and_acls_round_trip(guest_vg, make_guest, tmp_path)
         assert job.errors == [], job.messages
         for rel, attrs in expected.items():
             assert _own_xattrs(f"{where}{root}/{rel}") == attrs, rel
+
+
+# --- helpers mode and the plugin on one host ----------------------------------------------------
+
+OWNER_TAG = {"cli": "domu_snapshot_cli", "plugin": "domu_snapshot_plugin"}
+
+
+def cli(mount_root, *args):
+    argv = [sys.executable, "-m", "domu_snapshot.cli", "--no-syslog", "--vg", VG, "--prefix", PREFIX,
+            "--mount-root", str(mount_root), "--quiesce", "none", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600)
+
+
+def snapshot_tags(gvg):
+    """snapshot LV name -> its tags, from `lvs -o lv_tags`."""
+    return {lv["lv_name"]: sorted(t for t in lv["lv_tags"].split(",") if t)
+            for lv in gvg.lvs() if lv["lv_name"].endswith("-dsnap")}
+
+
+class MountWatch(threading.Thread):
+    """Reads a file of the helpers' mount again and again while a plugin job runs: records every
+    moment it was not mounted or the file's content was not the guest's."""
+
+    def __init__(self, target, rel, expected):
+        super().__init__(daemon=True)
+        self.target, self.path, self.expected = target, os.path.join(target, rel), expected
+        self.stop = threading.Event()
+        self.problems = []
+        self.reads = 0
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                if not os.path.ismount(self.target):
+                    self.problems.append(f"{self.target} not mounted")
+                elif Path(self.path).read_bytes() != self.expected:
+                    self.problems.append(f"{self.path} has other content")
+                self.reads += 1
+            except OSError as exc:
+                self.problems.append(f"{self.path}: {exc}")
+            self.stop.wait(0.2)
+
+
+def test_helpers_mount_survives_a_plugin_job_that_reaps_dead_plugin_leftovers(guest_vg, guests, tmp_path):
+    """A helpers-mode job between `domu-snapshot mount G1` and `unmount G1`, and a plugin job on
+    the same host and mount root: the plugin leaves G1 alone (warning at job start, G1 of its own
+    guests fails visibly), reaps what a dead plugin job and an older version left, backs up the
+    other guest; `unmount G1` afterwards removes everything."""
+    from domu_snapshot.config import load_config
+    from domu_snapshot.lifecycle import Runner
+
+    g1, other, legacy = f"{PREFIX}modern", f"{PREFIX}gpt", f"{PREFIX}oldxen"
+    mount_root = tmp_path / "mnt"
+    g1_root = f"{mount_root}/{VG}/{g1}"
+    mounted = cli(mount_root, "mount", g1)
+    assert mounted.returncode == 0, mounted.stdout + mounted.stderr
+    try:
+        # a plugin job that died with `other` prepared (snapshot, loop, mount: the plugin's tag)
+        dead = Runner(load_config(None, {"vgs": VG, "prefix": PREFIX, "mount_root": str(mount_root),
+                                         "quiesce": "none"}), owner="plugin")
+        with dead.lock():
+            [guest] = dead.discover([other])
+            assert dead.prepare(guest).status == "ok"
+        # and a snapshot an older version left (no owner tag)
+        guestdisks.run(["lvcreate", "-q", "--snapshot", "--name", f"{legacy}-dsnap", "--addtag",
+                        "domu_snapshot", "--size", "8M", f"{VG}/{legacy}"])
+        assert snapshot_tags(guest_vg) == {
+            f"{g1}-dsnap": ["domu_snapshot", OWNER_TAG["cli"]],
+            f"{other}-dsnap": ["domu_snapshot", OWNER_TAG["plugin"]],
+            f"{legacy}-dsnap": ["domu_snapshot"]}
+        assert guestdisks.compare_tree(g1_root, guests[g1].tree) == []
+
+        watch = MountWatch(g1_root, "etc/hostname", Path(g1_root, "etc/hostname").read_bytes())
+        watch.start()
+        try:
+            result = daemon(mount_root, include=f"{g1},{other}").backup()
+        finally:
+            watch.stop.set()
+            watch.join()
+        assert watch.reads > 0 and watch.problems == []
+
+        # G1: warned at job start, then failed as a guest of this job, and nothing of it read
+        warnings = result.job.texts(bareosfd.M_WARNING)
+        assert any(f"guest {g1} is mounted by `domu-snapshot mount`" in t and "left alone" in t
+                   and f"domu-snapshot unmount {g1}" in t for t in warnings), warnings
+        assert result.status == "E"
+        errors = result.job.errors
+        assert len(errors) == 1, errors
+        assert f"guest {g1}: NOT backed up" in errors[0] and "helpers mode" in errors[0], errors[0]
+        assert not [r for r in result.records if r.fname.startswith(g1_root)]
+        # the dead plugin job's and the older version's leftovers were reaped; `other` backed up
+        infos = result.job.texts(bareosfd.M_INFO)
+        assert any(f"removed what an earlier run left of guest {other}" in t for t in infos), infos
+        assert any(f"removed what an earlier run left of guest {legacy}" in t for t in infos), infos
+        other_root = f"{mount_root}/{VG}/{other}"
+        assert result.records and all(r.fname.startswith(other_root) for r in result.records)
+        assert any(f": guest {other}:" in t and "entries" in t for t in infos), infos
+
+        # the helpers' mount, loop and snapshot are as they were; nothing else is left
+        assert snapshot_tags(guest_vg) == {f"{g1}-dsnap": ["domu_snapshot", OWNER_TAG["cli"]]}
+        assert os.path.ismount(g1_root)
+        assert guestdisks.compare_tree(g1_root, guests[g1].tree) == []
+        assert sorted(os.listdir(f"{mount_root}/{VG}")) == [g1]
+    finally:
+        unmounted = cli(mount_root, "unmount", g1)
+    assert unmounted.returncode == 0, unmounted.stdout + unmounted.stderr
+    assert nothing_left(guest_vg, mount_root) == []
