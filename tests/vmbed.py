@@ -15,15 +15,26 @@ is a failure whatever qemu returned.
 Environment: DOMU_VM_MEMORY, DOMU_VM_CPUS, DOMU_VM_TIMEOUT (seconds, default 4200: below CI's
 90 minutes with room for set-up, so a stuck VM ends with a clear message), DOMU_VM_KVM=1 (try KVM,
 with a probe; the default is software emulation because KVM aborts on these machines).
-Variables named DOMU_* and PYTEST_ADDOPTS are passed into the VM.
+Variables named DOMU_* and PYTEST_ADDOPTS are passed into the VM. DOMU_VM_PYIMAGE=0 turns off
+the Python images below (to compare, or to rule them out).
+
+Python trees: every stat and open of an import is a 9p round trip under emulation, so Python's
+start-up (seconds per process) dominated the suites. Before booting, the runner puts the stdlib,
+Debian's dist-packages and the venv's site-packages each in a read-only ext4 image (cached in
+.vmrun/pyimg, rebuilt when the tree's metadata changes) that vm_inside.sh loop-mounts over the same
+path; the repository's own package stays the working tree's (editable install). It also compiles
+the working tree's .pyc (the VM cannot write them). Any failure there: a one-line message, and the
+run goes on without it.
 
 Library use (other suites):  `run_in_vm([...argv...], memory="2G").exit_code`
 """
 from __future__ import annotations
 
 import argparse
+import compileall
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import re
@@ -39,6 +50,9 @@ REPO = Path(__file__).resolve().parent.parent
 INSIDE_SCRIPT = REPO / "tests" / "vm_inside.sh"
 VMRUN = REPO / ".vmrun"
 VENV_BIN = REPO / ".venv" / "bin"
+PYIMG_DIR = VMRUN / "pyimg"
+# Bumped when the image layout changes, so older cached images are not reused.
+PYIMG_FORMAT = "1"
 
 # Exit codes of the runner itself (a command's own exit code is passed through).
 EXIT_NOT_RUN = 125      # the VM did not run the command (no exit-code file)
@@ -109,6 +123,120 @@ def kvm_usable(kernel: str) -> bool:
     return proc.returncode == 0 and "domu-kvm-ok" in stdout
 
 
+def python_trees() -> list[Path]:
+    """The trees every Python start in the VM reads: the stdlib, Debian's dist-packages (pyparted,
+    libvirt) and the venv's site-packages. Not the repository: its code must be the working tree's."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [Path(sys.base_prefix) / "lib" / version, Path("/usr/lib/python3/dist-packages"),
+                  *sorted((REPO / ".venv" / "lib").glob("python3*/site-packages"))]
+    trees = []
+    for tree in candidates:
+        real = Path(os.path.realpath(tree))
+        if tree.is_dir() and not tree.is_symlink() and real not in REPO.parents and real != REPO:
+            trees.append(tree)
+    return trees
+
+
+def scan_tree(root: Path) -> tuple[str, int, int]:
+    """(fingerprint, bytes to reserve, inodes) of a tree. The fingerprint covers every entry's
+    name, type, mode, owner, size, mtime, ctime and inode: pip and dpkg replace files (new inode,
+    new ctime), so any install, upgrade or removal changes it; content is not read (too slow)."""
+    h = hashlib.sha256(f"{PYIMG_FORMAT}\0{root}\n".encode())
+    blocks, inodes = 0, 1
+
+    def add(path: str, rel: str) -> None:
+        nonlocal blocks, inodes
+        st = os.lstat(path)
+        h.update(os.fsencode(rel) + b"\0" + f"{st.st_mode} {st.st_uid} {st.st_gid} {st.st_size} "
+                 f"{st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}\n".encode())
+        inodes += 1
+        blocks += (st.st_size + 4095) // 4096 + 1
+
+    add(str(root), ".")
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            add(path, os.path.relpath(path, root))
+    return h.hexdigest()[:20], blocks * 4096, inodes
+
+
+def _image_stem(tree: Path) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", str(tree).strip("/"))
+
+
+def build_tree_image(tree: Path, dest: Path) -> tuple[Path, bool]:
+    """A read-only ext4 image of `tree` with the same names, modes, owners and mtimes (so the
+    tree's .pyc stay valid), cached in `dest` by fingerprint. Returns (image, built now).
+    Raises OSError or CalledProcessError when it cannot be built."""
+    fingerprint, size, inodes = scan_tree(tree)
+    stem = _image_stem(tree)
+    image = dest / f"{stem}-{fingerprint}.ext4"
+    if image.exists():
+        return image, False
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".{image.name}.{os.getpid()}.tmp"
+    try:
+        # Sparse file; the margin covers directories' and metadata blocks, which the scan does not.
+        with open(tmp, "wb") as f:
+            f.truncate(size + size // 4 + 32 * 1024 * 1024)
+        # mke2fs -d copies the tree without mounting anything (nothing changes on the host).
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", "-N", str(inodes + 64),
+                        "-O", "^has_journal", "-L", "domu-py", "-d", str(tree), str(tmp)],
+                       check=True, capture_output=True, env=_tools_env())
+        # The image's root is the tree itself: no lost+found that the original does not have.
+        subprocess.run(["debugfs", "-w", "-R", "rmdir lost+found", str(tmp)],
+                       check=True, capture_output=True, env=_tools_env())
+        if scan_tree(tree)[0] != fingerprint:
+            raise OSError(f"{tree} changed while its image was built")
+        os.replace(tmp, image)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for old in dest.glob(f"{stem}-*.ext4"):
+        if old != image:
+            old.unlink(missing_ok=True)
+    return image, True
+
+
+def _tools_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{env.get('PATH', '/usr/bin:/bin')}:/usr/sbin:/sbin"
+    return env
+
+
+def python_images(trees: list[Path] | None = None, dest: Path | None = None) -> tuple[list[tuple[Path, Path]], str]:
+    """(image, mount point) pairs for the VM and a one-line note of what happened. A failure is
+    no error: the VM then reads that tree over 9p as before, and the note says why."""
+    dest = PYIMG_DIR if dest is None else dest
+    pairs, built, failed = [], [], []
+    for tree in python_trees() if trees is None else trees:
+        try:
+            image, new = build_tree_image(tree, dest)
+        except Exception as e:      # whatever goes wrong, the run goes on over 9p: a speed-up only
+            detail = e.stderr.decode(errors="replace").strip() if getattr(e, "stderr", None) else str(e)
+            failed.append(f"{tree} ({detail.splitlines()[-1] if detail else e})")
+            continue
+        pairs.append((image, tree))
+        if new:
+            built.append(str(tree))
+    note = f"python trees from images: {len(pairs)}" + (f" (built {', '.join(built)})" if built else " (cached)")
+    if failed:
+        note += f"; over 9p as before: {'; '.join(failed)}"
+    return pairs, note
+
+
+def compile_working_tree() -> str:
+    """Compile the working tree's .pyc before boot: with PYTHONDONTWRITEBYTECODE in the VM, every
+    process would otherwise compile the modules it imports again. Stale .pyc are recompiled
+    (source mtime and size), so the code run is still the working tree's. Returns a note on failure."""
+    try:
+        ok = all([compileall.compile_dir(str(REPO / d), quiet=2) for d in ("domu_snapshot", "tests", "bench",
+                                                                            "bareos_plugin") if (REPO / d).is_dir()])
+    except Exception as e:          # a speed-up only: never a reason to fail the run
+        return f"could not compile the working tree's .pyc: {e}"
+    return "" if ok else "some working-tree modules did not compile (they will fail in the VM too)"
+
+
 def host_state() -> dict:
     """Loop devices and mount points of the host, to prove a VM run leaves nothing behind."""
     loops = json.loads(subprocess.run(["losetup", "--json", "--list"], capture_output=True,
@@ -142,8 +270,10 @@ def default_command(run_dir: Path) -> list[str]:
 
 def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: str | None = None,
               cpus: int | None = None, timeout: float | None = None, kvm: bool | None = None,
-              env: dict | None = None, rwdirs: list[str] = (), out=None) -> VmResult:
-    """Boot the VM, run `command` (an argv list) inside as root, stream its output to `out`."""
+              env: dict | None = None, rwdirs: list[str] = (), out=None,
+              pyimages: bool | None = None) -> VmResult:
+    """Boot the VM, run `command` (an argv list) inside as root, stream its output to `out`.
+    `pyimages` (default: unless DOMU_VM_PYIMAGE=0) mounts Python's trees from local images."""
     out = out or sys.stdout
     memory = memory or os.environ.get("DOMU_VM_MEMORY", "3G")
     cpus = int(cpus or os.environ.get("DOMU_VM_CPUS", "2"))
@@ -158,6 +288,18 @@ def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: 
     passed.update(env or {})
     (run_dir / "env").write_bytes(b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in passed.items()))
 
+    if pyimages is None:
+        pyimages = os.environ.get("DOMU_VM_PYIMAGE", "1") != "0"
+    notes = []
+    if pyimages:
+        pairs, note = python_images()
+        notes.append(note)
+        notes.append(compile_working_tree())
+        (run_dir / "pyimages").write_bytes(b"".join(os.fsencode(str(p)) + b"\0" for pair in pairs for p in pair))
+    else:
+        (run_dir / "pyimages").unlink(missing_ok=True)
+        notes.append("python trees over 9p (DOMU_VM_PYIMAGE=0)")
+
     kernel = find_kernel()
     if kvm is None:
         kvm = os.environ.get("DOMU_VM_KVM") == "1" and kvm_usable(kernel)
@@ -166,6 +308,8 @@ def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: 
                     rwdirs=[str(run_dir), *rwdirs], exec_cmd=exec_cmd)
     print(f"vmbed: {os.path.basename(kernel)}, {'kvm' if kvm else 'tcg (no kvm)'}, {cpus} cpus, "
           f"{memory}, timeout {timeout:.0f}s, run dir {os.path.relpath(run_dir)}", file=out, flush=True)
+    for note in filter(None, notes):
+        print(f"vmbed: {note}", file=out, flush=True)
 
     before = host_state()
     start = time.monotonic()

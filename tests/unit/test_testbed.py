@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -95,7 +97,8 @@ def test_run_in_vm_without_exit_code_file_is_a_failure(tmp_path, monkeypatch):
     """vng "succeeds" but the VM never booted: booted once more, then reported as a failure."""
     monkeypatch.setattr(vmbed, "find_kernel", lambda: "/boot/vmlinuz-test-amd64")
     monkeypatch.setattr(vmbed, "vng_argv", lambda *a, **k: ["echo", "attempt"])
-    res = vmbed.run_in_vm(["whatever"], run_dir=tmp_path / "run", kvm=False, out=open(os.devnull, "w"))
+    res = vmbed.run_in_vm(["whatever"], run_dir=tmp_path / "run", kvm=False, out=open(os.devnull, "w"),
+                          pyimages=False)
     assert res.exit_code == vmbed.EXIT_NOT_RUN and not res.ran and "did not run" in res.message
     assert (tmp_path / "run/console.log").read_text() == "attempt\nattempt\n"
 
@@ -105,7 +108,8 @@ def test_run_in_vm_never_reruns_a_command_that_started(tmp_path, monkeypatch):
     monkeypatch.setattr(vmbed, "find_kernel", lambda: "/boot/vmlinuz-test-amd64")
     started = tmp_path / "run" / "started"
     monkeypatch.setattr(vmbed, "vng_argv", lambda *a, **k: ["sh", "-c", f"echo attempt; touch {started}"])
-    res = vmbed.run_in_vm(["whatever"], run_dir=tmp_path / "run", kvm=False, out=open(os.devnull, "w"))
+    res = vmbed.run_in_vm(["whatever"], run_dir=tmp_path / "run", kvm=False, out=open(os.devnull, "w"),
+                          pyimages=False)
     assert res.exit_code == vmbed.EXIT_NOT_RUN
     assert (tmp_path / "run/console.log").read_text() == "attempt\n"
 
@@ -114,8 +118,107 @@ def test_run_in_vm_timeout_kills_the_vm(tmp_path, monkeypatch):
     monkeypatch.setattr(vmbed, "find_kernel", lambda: "/boot/vmlinuz-test-amd64")
     monkeypatch.setattr(vmbed, "vng_argv", lambda *a, **k: ["sleep", "60"])
     res = vmbed.run_in_vm(["whatever"], run_dir=tmp_path / "run", kvm=False, timeout=1,
-                          out=open(os.devnull, "w"))
+                          out=open(os.devnull, "w"), pyimages=False)
     assert res.exit_code == vmbed.EXIT_TIMEOUT and res.seconds < 30
+
+
+def _listing(root):
+    """What an import sees of a tree: names, types, modes, owners, sizes, mtimes, contents."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                out[os.path.relpath(path, root)] = ("link", os.readlink(path))
+                continue
+            content = open(path, "rb").read() if stat.S_ISREG(st.st_mode) else None
+            out[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_size, int(st.st_mtime), content)
+    return out
+
+
+def _image_tree(image, dest):
+    """The image's files, copied out with debugfs (no mount: host tests leave the host alone)."""
+    dest.mkdir()
+    subprocess.run(["debugfs", "-R", f"rdump / {dest}", str(image)], check=True, capture_output=True,
+                   env=vmbed._tools_env())
+    return dest
+
+
+@pytest.fixture
+def small_tree(tmp_path):
+    tree = tmp_path / "lib" / "python3.x"
+    (tree / "pkg" / "__pycache__").mkdir(parents=True)
+    (tree / "pkg" / "__init__.py").write_text("X = 1\n")
+    (tree / "pkg" / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"\xa7\r\r\n" + bytes(range(256)))
+    (tree / "empty.pth").write_text("")
+    (tree / "mod.so").write_bytes(b"\x7fELF" + b"\0" * 70000)
+    (tree / "mod.so").chmod(0o755)
+    (tree / "link.py").symlink_to("pkg/__init__.py")
+    os.utime(tree / "pkg" / "__init__.py", (1_600_000_000, 1_600_000_000))
+    return tree
+
+
+def test_tree_image_holds_the_same_tree_and_is_reused_until_the_tree_changes(small_tree, tmp_path):
+    dest = tmp_path / "pyimg"
+    image, built = vmbed.build_tree_image(small_tree, dest)
+    assert built and image.parent == dest
+    assert _listing(_image_tree(image, tmp_path / "out1")) == _listing(small_tree), "no lost+found, same mtimes"
+    assert vmbed.build_tree_image(small_tree, dest) == (image, False)
+
+    (small_tree / "pkg" / "__init__.py").write_text("X = 2\n")     # same size: pip/dpkg replace files
+    new_image, built = vmbed.build_tree_image(small_tree, dest)
+    assert built and new_image != image and not image.exists(), "the stale image is replaced"
+    assert b"X = 2" in open(_image_tree(new_image, tmp_path / "out2") / "pkg" / "__init__.py", "rb").read()
+    assert sorted(dest.iterdir()) == [new_image], "no temporary files left"
+
+
+def test_python_images_failure_is_a_one_line_note_and_no_image(small_tree, tmp_path):
+    not_a_dir = tmp_path / "pyimg"
+    not_a_dir.write_text("")
+    pairs, note = vmbed.python_images([small_tree], not_a_dir)
+    assert pairs == [] and "\n" not in note
+    assert note.startswith("python trees from images: 0") and f"over 9p as before: {small_tree}" in note
+
+
+def test_python_trees_are_the_interpreters_and_never_the_repository():
+    trees = vmbed.python_trees()
+    assert Path(sys.base_prefix, "lib", f"python{sys.version_info.major}.{sys.version_info.minor}") in trees
+    assert any(t.parent.parent.parent == vmbed.REPO / ".venv" for t in trees), "the venv's site-packages"
+    for tree in trees:
+        assert vmbed.REPO not in tree.parents or tree.is_relative_to(vmbed.REPO / ".venv")
+        assert not (tree / "domu_snapshot").exists(), "the package must come from the working tree"
+
+
+def test_run_in_vm_hands_the_images_to_the_vm(small_tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(vmbed, "find_kernel", lambda: "/boot/vmlinuz-test-amd64")
+    monkeypatch.setattr(vmbed, "vng_argv", lambda *a, **k: ["true"])
+    monkeypatch.setattr(vmbed, "python_trees", lambda: [small_tree])
+    monkeypatch.setattr(vmbed, "PYIMG_DIR", tmp_path / "pyimg")
+    out = tmp_path / "out.txt"
+    with open(out, "w") as f:
+        vmbed.run_in_vm(["whatever"], run_dir=tmp_path / "run", kvm=False, out=f)
+    [image] = (tmp_path / "pyimg").iterdir()
+    assert (tmp_path / "run" / "pyimages").read_bytes() == f"{image}\0{small_tree}\0".encode()
+    assert f"vmbed: python trees from images: 1 (built {small_tree})" in out.read_text()
+
+
+def test_inside_script_goes_on_when_an_image_does_not_mount(tmp_path):
+    """A missing or broken image: one message, the tree stays as it was, the command still runs."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "command").write_bytes(b"".join(a.encode() + b"\0" for a in [sys.executable, "-c", "print('ran')"]))
+    (tmp_path / "pyimages").write_bytes(f"{tmp_path / 'no-such.ext4'}\0{target}\0".encode())
+    script = vmbed.INSIDE_SCRIPT.read_text()
+    body = (script[:script.index("for mod in")] + script[script.index("# Python's trees"):script.index("# udevd")]
+            + script[script.index("read -r uptime"):])
+    (tmp_path / "inside.sh").write_text(body)
+    p = subprocess.run(["bash", str(tmp_path / "inside.sh"), str(tmp_path), str(vmbed.REPO)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "ran" in p.stdout
+    [line] = [l for l in p.stderr.splitlines() if "python image" in l]
+    assert line.startswith(f"vm: python image not used, {target} read over 9p:")
+    assert list(target.iterdir()) == [] and str(target) not in open("/proc/self/mounts").read()
 
 
 def test_junit_summary(tmp_path, capsys):
