@@ -224,7 +224,7 @@ def harness_backup(ctx, trees):
         module_path=str(fd_harness.PLUGIN_DIR), mount_root=ctx.mount_root, quiesce="none")
     daemon = _timed_daemon_class()(definition)
     real = lifecycle.Runner
-    lifecycle.Runner = lambda cfg, log=None: fd_harness.DirRunner(cfg, log, [guest])
+    lifecycle.Runner = lambda cfg, log=None, owner="": fd_harness.DirRunner(cfg, log, [guest])
     started = time.perf_counter()
     try:
         result = daemon.backup()
