@@ -4,6 +4,7 @@ measurements into the table."""
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -168,3 +169,15 @@ def test_cat_reads_enough_to_hide_its_start_but_keeps_the_argument_list_bounded(
     assert cat_repeat(26 * mib, 54) == 5
     assert cat_repeat(1 * mib, 15000) == 1          # the path limit wins
     assert cat_repeat(0, 0) == 1
+
+
+def test_measure_3_arms_run_end_to_end_on_a_small_host_tree(tmp_path, capsys):
+    """The walk and read arms of measure 3 against the real plugin and harness (as `make bench`
+    runs them in the VM), on a tree small enough for the host suite: they must agree on what they
+    saw and finish, so that a change of the plugin's interfaces breaks this, not the bench run."""
+    from bench import m3_host
+    assert m3_host.main(["--dir", str(tmp_path / "tree"), "--files", "400", "--reps", "1",
+                         "--read-entries", "200"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"walk of [\d,]+ entries .* plugin generator [\d.]+ us/entry", out), out
+    assert re.search(r"in-core reads of [\d,]+ files", out), out
