@@ -604,7 +604,8 @@ class Runner:
         for target in foreign:
             self.log("warning", f"{target} is mounted under the mount root but is not ours: not touched")
         results = self.teardown(guests, state)
-        self._remove_stale_dirs(keep={os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == "held"})
+        held = {os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == "held"}
+        self._remove_stale_dirs(keep=held)
         return results
 
     def _remove_stale_dirs(self, keep=()):

@@ -69,6 +69,7 @@ def probe(path):
         "label": None,
         "partitions": [],
         "error": None,
+        "read_error": False,  # the error is the device's (I/O), not the table's
     }
     del _device_errors[:]
     try:
@@ -80,6 +81,7 @@ def probe(path):
             disk = parted.newDisk(device)
         except Exception as exc:  # pyparted raises several unrelated types here
             result["error"] = _read_error() or _first_line(exc) or type(exc).__name__
+            result["read_error"] = bool(_device_errors)
             return result
         result["label"] = disk.type
         for part in disk.partitions:
@@ -95,6 +97,7 @@ def probe(path):
         if _device_errors:
             # a table read in part (or a filesystem not recognised for a read error) is no table
             result["error"] = _read_error()
+            result["read_error"] = True
             result["partitions"] = []
         return result
     finally:
@@ -235,7 +238,7 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
     length = probed.get("length")
     if not isinstance(sector, int) or sector <= 0 or not isinstance(length, int) or length <= 0:
         raise ProbeError("the device reports no usable size")
-    if str(probed.get("error") or "").startswith("read error"):
+    if probed.get("read_error"):
         raise ProbeError(probed["error"], "see dmesg for the device's errors; the backup of this guest was not made")
     if probed.get("error"):
         raise ProbeError(f"no partition table or filesystem recognised: {probed['error']}",

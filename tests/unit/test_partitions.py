@@ -166,3 +166,12 @@ def test_choice_is_inside_the_device_or_a_probe_error(probed, wanted):
     assert 0 <= choice.offset < device_bytes
     assert 0 < choice.size and choice.offset + choice.size <= device_bytes
     assert choice.offset % probed["sector_size"] == 0
+
+
+def test_a_read_error_is_reported_as_the_device_s_not_the_table_s():
+    probed = {"sector_size": 512, "length": 131072, "label": None, "partitions": [], "read_error": True,
+              "error": "read error on the disk: Input/output error during read on /dev/dm-3"}
+    with pytest.raises(partitions.ProbeError) as failed:
+        partitions.choose(probed)
+    assert failed.value.message == probed["error"] and "dmesg" in failed.value.hint
+    assert not partitions.only_swap(probed)

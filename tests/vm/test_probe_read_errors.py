@@ -66,7 +66,7 @@ def test_unreadable_ebr_fails_the_guest_instead_of_looking_like_swap_only(swap_t
     readable = partitions.probe_isolated(disk)
     assert [(p["number"], p["fs"]) for p in readable["partitions"] if p["kind"] != "extended"] == \
         [(1, "linux-swap(v1)"), (5, "ext4")], readable
-    assert partitions.choose(readable).number == 5
+    assert partitions.choose(readable).number == 5 and readable["read_error"] is False
 
     table = (f"0 {EBR} linear {disk} 0\n"
              f"{EBR} 8 error\n"
@@ -75,7 +75,7 @@ def test_unreadable_ebr_fails_the_guest_instead_of_looking_like_swap_only(swap_t
     guestdisks.run(["udevadm", "settle", "--timeout=30"], check=False)
 
     probed = partitions.probe_isolated(f"/dev/mapper/{DM_NAME}")
-    assert str(probed["error"]).startswith("read error on the disk: "), probed
+    assert probed["read_error"] is True and str(probed["error"]).startswith("read error on the disk: "), probed
     assert "Input/output error" in probed["error"], probed
     assert probed["partitions"] == []
     assert not partitions.only_swap(probed)
