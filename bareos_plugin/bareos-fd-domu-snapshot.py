@@ -28,7 +28,22 @@ M_ERROR job message with its bytes, and counted. Hard links are left to the file
 keyed by st_dev/st_ino): st_dev is replaced by a number unique to each guest disk in this job, as
 loop devices are reused from one guest to the next and would otherwise make unrelated files of two
 guests look like hard links of one another. Each guest ends with one M_INFO line: partition and
-offset, journal result, entries and bytes, snapshot peak use, time.
+offset, journal result, entries walked, files read by the file daemon (in an Incremental only the
+changed ones), snapshot peak use, time. Notes that are no fault (no libvirt on the host, a guest
+skipped by design) are M_INFO, so a job that saved every guest ends "Backup OK".
+
+Job status: a guest that was not backed up completely (prepare failed, its walk broke, its
+snapshot overflowed, teardown failed) is an M_ERROR when it happens; once every other guest was
+saved the job ends with one M_FATAL naming the lost guests, so its JobStatus is f ("Backup
+Error"). The file daemon sends an entry's attributes before its data, so the catalog holds
+entries of a half-read guest without their data; restores of the latest state and the next
+Incremental's base use only jobs that ended T or W, so the lost guest's last good versions stay
+current. A job that selects no guest fails the same way (unless allow_empty is set).
+
+Options: the FileSet's string arrives first; a Job's "FD Plugin Options" (bEventNewPluginOptions)
+override it key by key; the FileSet's string arriving again at the backup command changes
+nothing. `estimate` sends no bEventStartBackupJob: the walk then starts at the first
+start_backup_file.
 
 Extended attributes: get_xattr hands over every attribute of each entry (llistxattr/lgetxattr,
 never through a symlink), one per call with bRC_More: user.*, trusted.*, security.* (SELinux
@@ -47,9 +62,11 @@ did not send. They are reported deleted (bRC_OK) only when they lie below a gues
 completed; below a guest that failed, overflowed or was not read completely they are reported as
 seen (bRC_Seen) so that their last good versions stay current.
 
-Restore goes through the file daemon (create_file answers CF_CORE) into `where`; entries whose path
-would leave `where` (.. components, symlinks in the restored tree) are refused, and a restore to the
-original paths (no `where`) is refused. python-fd does not pass the create_status set in
+Restore goes through the file daemon (create_file answers CF_CORE) into `where`, or with a
+regexwhere (bconsole strip_prefix/add_prefix) below its add_prefix: `where` is empty then and the
+names arrive rewritten. Entries whose path would leave that directory (.. components, symlinks in
+the restored tree) are refused; a restore to the original paths (no `where`), or a regexwhere
+without an add_prefix, is refused. python-fd does not pass the create_status set in
 set_file_attributes back to the file daemon, so the plugin applies owner, mode and times itself.
 A restore never touches LVs.
 

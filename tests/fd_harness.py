@@ -26,6 +26,24 @@ as far as a plugin can observe it:
   ACL and xattr streams go to set_acl/set_xattr after set_file_attributes and IO_CLOSE for
   extracted files, at once for directories, and not at all for other entries, as restore.cc does.
 
+Made to do what bareos-fd 25.1.0 did in the real-daemon suite (tests/vm/test_bareos_real.py):
+the FileSet's HardLinks default is no (inc_conf.cc: FO_NO_HARDLINK unless "HardLinks = yes"),
+a Job's "FD Plugin Options" arrive as bEventNewPluginOptions with only the override string
+between bEventEndFileSet and bEventStartBackupJob, a restore with regexwhere has an empty
+`where` and rewritten names, an FT_FIFO restore would block for ever (a ProtocolError here),
+JobStatus is W after an M_ERROR or M_WARNING and f after an M_FATAL, estimate gets no
+bEventStartBackupJob, and each job imports the module afresh (its own sub-interpreter).
+
+Where it still differs from the real daemon:
+- regexwhere is applied with Python's `re`, not POSIX regcomp (the same for the strip_prefix,
+  add_prefix and add_suffix forms bconsole writes);
+- no catalog, volumes or director: JobFiles, "FD Files Written" and the restore's file selection
+  are the test's business; Catalog only answers the accurate list;
+- after an M_FATAL the real file daemon treats the job as canceled (IsJobCanceled) and skips
+  the deleted-file check; the harness skips it too, but sends JobEnd, which the real one does not;
+- one Python interpreter for all jobs (the module is re-imported, but C extensions, threads and
+  sys.modules of the core stay), where bareos-fd makes a sub-interpreter per job.
+
 Everything the plugin says is recorded on the Job (messages, debug messages, SetValue calls, ...).
 The backup stream is kept in memory as a list of Record.
 """
