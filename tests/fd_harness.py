@@ -39,8 +39,8 @@ Where it still differs from the real daemon:
   add_prefix and add_suffix forms bconsole writes);
 - no catalog, volumes or director: JobFiles, "FD Files Written" and the restore's file selection
   are the test's business; Catalog only answers the accurate list;
-- after an M_FATAL the real file daemon treats the job as canceled (IsJobCanceled) and skips
-  the deleted-file check; the harness skips it too, but sends JobEnd, which the real one does not;
+- after an M_FATAL the real file daemon treats the job as canceled (IsJobCanceled): it skips the
+  deleted-file check (so does the harness) and sends no bEventJobEnd (the harness still does);
 - one Python interpreter for all jobs (the module is re-imported, but C extensions, threads and
   sys.modules of the core stay), where bareos-fd makes a sub-interpreter per job.
 
@@ -404,7 +404,10 @@ class FileDaemon:
                 status = self._save_loop(level, accurate_list, seen, records, unchanged,
                                          cancel_after, max_entries)
             deleted = []
-            if accurate_list is not None and not self.job.canceled and status != "f":
+            # AccurateFinish: no deleted-file list once the job is canceled or failed
+            # (IsJobCanceled is true after an M_FATAL too)
+            if accurate_list is not None and not self.job.canceled and status != "f" \
+                    and not self.job.fatal:
                 for key in sorted(accurate_list):
                     if key in seen:
                         continue

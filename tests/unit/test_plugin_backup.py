@@ -140,15 +140,23 @@ def test_accurate_incremental_marks_deleted_files_only_for_complete_guests(monke
     os.unlink(a / "etc" / "shadow")
     os.utime(a / "etc", (1_600_000_099, 1_600_000_099))  # a deletion changes the directory
     guests[1].prepare_error = ("journal replay", "e2fsck exit code 8")  # b fails this time
+    failed = fd.backup(level="I", accurate=True, catalog=catalog)
+    # a guest lost: the job fails, so the file daemon sends no deleted-file list at all
+    assert failed.status == "f" and failed.deleted == [] and failed.check_file_calls == []
+    guests[1].prepare_error = None
     incremental = fd.backup(level="I", accurate=True, catalog=catalog)
-    assert incremental.status == "f"   # a guest lost: the job fails (its last good job stays current)
+    assert incremental.status == "T", incremental.job.messages
     assert incremental.deleted == [f"{a}/etc/shadow"]
-    checked = dict(incremental.check_file_calls)
-    assert checked[f"{a}/etc/shadow"] == bareosfd.bRC_OK
-    assert checked[f"{b}/etc/hostname"] == bareosfd.bRC_Seen      # failed guest: kept
-    assert checked[f"{b}/"] == bareosfd.bRC_Seen                   # directories come with "/"
+    assert dict(incremental.check_file_calls) == {f"{a}/etc/shadow": bareosfd.bRC_OK}
     # only the changed directory is saved again
     assert [r.fname for r in incremental.records] == [f"{a}/etc"]
+    # and check_file itself keeps what lies below a guest that failed, should it be asked
+    plugin = fd_harness.import_plugin()
+    state = plugin.Plugin()
+    state.roots = {str(a): "complete", str(b): "failed"}
+    assert state.check_file(f"{b}/etc/hostname") == bareosfd.bRC_Seen
+    assert state.check_file(f"{b}/") == bareosfd.bRC_Seen         # directories come with "/"
+    assert state.check_file(f"{a}/etc/shadow") == bareosfd.bRC_OK
 
 
 def test_accurate_incremental_with_no_change(monkeypatch, guests):
