@@ -99,7 +99,8 @@ bench: deps
 BAREOS_PLUGIN_DIR ?= /usr/lib/bareos/plugins
 .PHONY: install-plugin
 install-plugin:
-	install -d -m 0755 $(DESTDIR)$(BAREOS_PLUGIN_DIR)/domu_snapshot
+	install -d -m 0755 $(DESTDIR)$(BAREOS_PLUGIN_DIR)/domu_snapshot/bareos
 	install -m 0644 bareos_plugin/bareos-fd-domu-snapshot.py $(DESTDIR)$(BAREOS_PLUGIN_DIR)/
 	install -m 0644 domu_snapshot/*.py $(DESTDIR)$(BAREOS_PLUGIN_DIR)/domu_snapshot/
+	install -m 0644 domu_snapshot/bareos/*.py $(DESTDIR)$(BAREOS_PLUGIN_DIR)/domu_snapshot/bareos/
 	@echo "next: Client settings from etc/bareos/bareos-fd-client.conf, restart bareos-fd, FileSet and Job from etc/bareos/domu-snapshot-plugin.conf"

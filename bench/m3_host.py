@@ -47,7 +47,7 @@ def main(argv=None):
     if not (opts.keep and top.is_dir() and m3_walk.names_walk(str(top)) == expected):
         m3_walk.build_tree(top, plan)
     try:
-        plugin = fd_harness.import_plugin()
+        from domu_snapshot.bareos import walk as plugin
         walk = {"bare": [], "plugin": []}
         count = None
         m3_walk.bare_walk(str(top))  # warm the caches

@@ -265,7 +265,7 @@ def run_measure(ctx, opts, vg_name):
     from domu_snapshot.lifecycle import Runner
     from tests import fd_harness, guestdisks
 
-    plugin = fd_harness.import_plugin()
+    from domu_snapshot.bareos import walk as plugin
     tree = ctx.work / "tree"
     t0 = time.perf_counter()
     made = build_tree(tree, plan_tree(opts.files))

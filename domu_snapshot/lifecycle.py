@@ -100,6 +100,11 @@ class GuestResult:
     def ok(self):
         return self.status != "failed"
 
+    @classmethod
+    def failure(cls, guest, action, step, message, hint=""):
+        """The result of a guest whose `step` failed outside the Runner's own error handling."""
+        return cls(guest, action, status="failed", error=GuestError(guest.name, step, message, hint))
+
     def fail(self, error):
         # The first failure is the cause; later ones (e.g. in cleanup) are notes.
         if self.error is None:

@@ -41,8 +41,9 @@ Where it still differs from the real daemon:
   are the test's business; Catalog only answers the accurate list;
 - after an M_FATAL the real file daemon treats the job as canceled (IsJobCanceled): it skips the
   deleted-file check (so does the harness) and sends no bEventJobEnd (the harness still does);
-- one Python interpreter for all jobs (the module is re-imported, but C extensions, threads and
-  sys.modules of the core stay), where bareos-fd makes a sub-interpreter per job.
+- one Python interpreter for all jobs (the entry module and domu_snapshot.bareos are imported
+  afresh per job, but C extensions, threads and the core's modules stay), where bareos-fd makes a
+  sub-interpreter per job.
 
 Everything the plugin says is recorded on the Job (messages, debug messages, SetValue calls, ...).
 The backup stream is kept in memory as a list of Record.
@@ -312,8 +313,11 @@ class FileDaemon:
 
     def _end_job(self):
         bareosfd._uninstall()
-        # drop the module so the next job imports it afresh (a new sub-interpreter in the fd)
-        sys.modules.pop(self.module_name, None)
+        # drop the plugin's modules so the next job imports them afresh (a new sub-interpreter
+        # in the fd); the core's stay, so that tests can replace its Runner
+        for name in [n for n in sys.modules if n == self.module_name or n == PLUGIN_PACKAGE
+                     or n.startswith(PLUGIN_PACKAGE + ".")]:
+            sys.modules.pop(name, None)
         self.module = None
 
     def _call(self, name, *args):
@@ -1115,6 +1119,7 @@ def parse_fileset_plugin(conf_text):
 REPO = HERE.parent
 PLUGIN_DIR = REPO / "bareos_plugin"
 PLUGIN_MODULE = "bareos-fd-domu-snapshot"
+PLUGIN_PACKAGE = "domu_snapshot.bareos"
 ETC_BAREOS = REPO / "etc" / "bareos"
 
 

@@ -151,8 +151,8 @@ def test_accurate_incremental_marks_deleted_files_only_for_complete_guests(monke
     # only the changed directory is saved again
     assert [r.fname for r in incremental.records] == [f"{a}/etc"]
     # and check_file itself keeps what lies below a guest that failed, should it be asked
-    plugin = fd_harness.import_plugin()
-    state = plugin.Plugin()
+    from domu_snapshot.bareos.job import PluginJob
+    state = PluginJob()
     state.roots = {str(a): "complete", str(b): "failed"}
     assert state.check_file(f"{b}/etc/hostname") == bareosfd.bRC_Seen
     assert state.check_file(f"{b}/") == bareosfd.bRC_Seen         # directories come with "/"

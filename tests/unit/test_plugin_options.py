@@ -7,8 +7,9 @@ import pytest
 from tests import fd_harness
 from tests.fd_harness import bareosfd
 
-plugin = fd_harness.import_plugin()
-DomuError = plugin.DomuError
+from domu_snapshot.bareos import options as plugin  # noqa: E402  (after the stand-in)
+from domu_snapshot.config import load_config  # noqa: E402
+from domu_snapshot.errors import DomuError  # noqa: E402
 
 
 def test_options_mirror_the_cli(monkeypatch, tmp_path):
@@ -25,7 +26,7 @@ def test_options_mirror_the_cli(monkeypatch, tmp_path):
                          "libvirt_uri": "qemu:///system"}
     # the core accepts them as its overrides
     monkeypatch.setenv("DOMU_SNAPSHOT_CONFIG", str(tmp_path / "none.conf"))
-    cfg = plugin.load_config(None, overrides=overrides)
+    cfg = load_config(None, overrides=overrides)
     assert cfg.vgs == ["vg0", "vg1"] and cfg.include == ["web-*", "db-?"]
     assert (cfg.mount_root, cfg.partition, cfg.quiesce) == ("/srv/m", "2", "none")
 

@@ -8,7 +8,7 @@ import pytest
 from tests import fd_harness
 from tests.fd_harness import Record, bareosfd
 
-plugin = fd_harness.import_plugin()
+from domu_snapshot.bareos import restore as plugin  # noqa: E402  (after the stand-in)
 DEFINITION = f"python3:module_path={fd_harness.PLUGIN_DIR}:module_name={fd_harness.PLUGIN_MODULE}:" \
              "mount_root=/var/lib/domu-snapshot/mnt"
 

@@ -13,7 +13,7 @@ import pytest
 from tests import fd_harness
 from tests.fd_harness import bareosfd
 
-plugin = fd_harness.import_plugin()
+from domu_snapshot.bareos import walk as plugin  # noqa: E402  (bareosfd: the stand-in)
 BAD = b"caf\xe9"  # Latin-1 "café": not UTF-8
 
 
@@ -42,15 +42,21 @@ def tree(tmp_path):
     return root
 
 
-def walk(root):
-    problems = []
-    entries = list(plugin.walk_tree(str(root), lambda *p: problems.append(p)))
-    return entries, problems
+def walk(root, dev_id=7):
+    """(entries, job messages, stats) of the plugin's one walker over `root`."""
+    messages, stats = [], plugin.GuestStats()
+    bareosfd._install(fd_harness.Job({}))
+    try:
+        entries = list(plugin.disk_entries(str(root), dev_id, stats,
+                                           lambda level, text: messages.append((level, text))))
+    finally:
+        bareosfd._uninstall()
+    return entries, messages, stats
 
 
 def test_directories_come_after_their_contents(tree):
-    entries, _problems = walk(tree)
-    paths = [path for path, _st in entries]
+    entries, _messages, _stats = walk(tree)
+    paths = [e.path for e in entries]
     assert paths[-1] == str(tree)
     for index, path in enumerate(paths):
         below = [p for p in paths if p.startswith(path + "/")]
@@ -59,23 +65,24 @@ def test_directories_come_after_their_contents(tree):
 
 
 def test_symlinks_are_not_followed(tree):
-    entries, _problems = walk(tree)
-    paths = {path for path, _st in entries}
+    entries, _messages, _stats = walk(tree)
+    paths = {e.path for e in entries}
     assert str(tree / "outside") in paths
     assert not any(p.startswith(str(tree / "outside") + "/") for p in paths)
-    kinds = {os.path.basename(p): plugin.classify(p, st) for p, st in entries}
+    kinds = {os.path.basename(e.path): (e.ftype, e.link, e.no_read) for e in entries}
     assert kinds["outside"] == (bareosfd.FT_LNK, "/etc", True)
     assert kinds["dangling"] == (bareosfd.FT_LNK, "no/such/file", True)
 
 
 def test_classification(tree):
-    entries, _problems = walk(tree)
-    kinds = {os.path.relpath(p, tree): plugin.classify(p, st) for p, st in entries}
+    entries, _messages, _stats = walk(tree)
+    kinds = {os.path.relpath(e.path, tree): (e.ftype, e.link, e.no_read) for e in entries}
     assert kinds["etc"] == (bareosfd.FT_DIREND, f"{tree}/etc/", True)
     assert kinds["etc/hosts"] == (bareosfd.FT_REG, "", False)
     assert kinds["empty"] == (bareosfd.FT_REGE, "", True)
-    assert kinds["fifo"] == (bareosfd.FT_SPEC, "", True)
-    assert kinds["sock"] == (None, "socket", True)
+    assert kinds["fifo"] == (bareosfd.FT_SPEC, "", True)   # mkfifo on restore, no data read
+    assert "sock" not in kinds
+    assert plugin.classify(str(tree / "sock"), os.lstat(tree / "sock")) == (None, "socket", True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
@@ -85,25 +92,9 @@ def test_device_nodes_are_not_saved(tree):
     assert plugin.classify(str(tree / "null"), st) == (None, "device node", True)
 
 
-def test_names_that_are_not_utf8_are_reported_not_lost(tree):
-    entries, problems = walk(tree)
-    assert all(plugin.is_utf8(path) for path, _st in entries)
-    reported = {os.fsencode(path): (kind, detail) for kind, path, detail in problems}
-    raw = os.fsencode(tree)
-    assert reported[raw + b"/" + BAD + b".txt"] == ("name", 1)
-    assert reported[raw + b"/dir-" + BAD] == ("name", 3)   # the directory and its two entries
-
-
 def test_disk_entries_report_per_file_and_count(tree):
-    job = fd_harness.Job({})
-    bareosfd._install(job)
-    try:
-        stats = plugin.GuestStats()
-        messages = []
-        entries = list(plugin.disk_entries(str(tree), 7, stats,
-                                           lambda level, text: messages.append((level, text))))
-    finally:
-        bareosfd._uninstall()
+    entries, messages, stats = walk(tree)
+    assert all(plugin.is_utf8(e.path) and plugin.is_utf8(e.link) for e in entries)
     names = {os.path.relpath(e.path, tree) for e in entries}
     assert "badlink" not in names and "sock" not in names
     assert {"etc/hosts", "hosts.link", "empty", "fifo", "outside", "dangling", "."} <= names
@@ -120,26 +111,29 @@ def test_disk_entries_report_per_file_and_count(tree):
     assert stats.bytes == len("127.0.0.1 localhost\n") + 5000 + 0
 
 
-def test_disk_entries_match_walk_tree_and_classify(tree):
-    """disk_entries inlines walk_tree and the common cases of classify (for speed): both must
-    still agree on every entry, its order, type, link and whether it has data."""
-    job = fd_harness.Job({})
-    bareosfd._install(job)
-    try:
-        entries = list(plugin.disk_entries(str(tree), 7, plugin.GuestStats(), lambda *a: None))
-    finally:
-        bareosfd._uninstall()
-    expected = []
-    for path, st in walk(tree)[0]:
-        ftype, link, no_read = plugin.classify(path, st)
-        if ftype is not None and plugin.is_utf8(link):
-            expected.append((path, st.st_ino, ftype, link, no_read))
-    assert [(e.path, e.st.st_ino, e.ftype, e.link, e.no_read) for e in entries] == expected
+def test_disk_entries_agree_with_an_independent_listing_and_classify(tree):
+    """disk_entries decides regular files inline (for speed): every entry must still be what
+    os.walk and classify() say, and nothing savable may be missing."""
+    entries, _messages, _stats = walk(tree)
+    expected = set()
+    for top, dirs, files in os.walk(os.fsencode(tree), topdown=False):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            if not plugin.is_utf8(os.fsdecode(path)) or b"dir-" + BAD in path:
+                continue
+            st = os.lstat(path)
+            ftype, link, no_read = plugin.classify(os.fsdecode(path), st)
+            if ftype is not None and plugin.is_utf8(link):
+                expected.add((os.fsdecode(path), st.st_ino, ftype, link, no_read))
+    st = os.lstat(tree)
+    expected.add((str(tree), st.st_ino) + plugin.classify(str(tree), st))
+    got = [(e.path, e.st.st_ino, e.ftype, e.link, e.no_read) for e in entries]
+    assert len(got) == len(set(got)) and set(got) == expected
     assert len(expected) == 11   # the fixture's savable entries (not a vacuous comparison)
 
 
 def _walk_as_nobody(root):
-    """walk_tree in a child that dropped root (root reads unreadable directories anyway)."""
+    """The walk in a child that dropped root (root reads unreadable directories anyway)."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -148,8 +142,8 @@ def _walk_as_nobody(root):
             if os.geteuid() == 0:
                 os.setgid(65534)
                 os.setuid(65534)
-            entries, problems = walk(root)
-            text = repr(([p for p, _st in entries], [(k, p) for k, p, _d in problems]))
+            entries, messages, _stats = walk(root)
+            text = repr(([e.path for e in entries], [t for _level, t in messages]))
             os.write(write_end, text.encode())
         finally:
             os._exit(0)
@@ -172,7 +166,7 @@ def test_unreadable_directory_is_reported():
     finally:
         os.chmod(base / "locked", 0o755)
         shutil.rmtree(base)
-    assert problems == [("scandir", str(base / "locked"))]
+    assert len(problems) == 1 and f"cannot read directory {base / 'locked'}" in problems[0]
     assert paths == [str(base / "locked"), str(base / "open"), str(base)]
 
 

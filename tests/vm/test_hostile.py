@@ -440,7 +440,7 @@ def big_guest(hvg):
     proc = cli("mount", lv)
     assert proc.returncode == 0, proc.stderr
     mounted = time.monotonic() - t0
-    plugin = fd_harness.import_plugin()
+    from domu_snapshot.bareos import walk as plugin
     yield tree, os.path.join(ROOT, VG, lv), plugin
     t0 = time.monotonic()
     proc = cli("unmount", lv)
