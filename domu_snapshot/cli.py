@@ -209,7 +209,9 @@ def cmd_unmount(runner, args, out):
         raise DomuError("name the guests to unmount, or use --all")
     with runner.lock():
         if args.all:
-            results = runner.reap()  # whatever the system shows as ours, leftovers included
+            # whatever the system shows as ours within the selection (prefix, vg, include,
+            # exclude), leftovers included; `cleanup` takes everything that is ours
+            results = runner.reap(selected_only=True)
         else:
             guests = runner.discover(args.guests)
             results = runner.teardown(guests, runner.system_state(reuse_report=True))
@@ -251,7 +253,7 @@ def _probe_origin(disk):
     try:
         return partitions.probe_isolated(device)
     finally:
-        loop.detach(device)
+        loop.detach(device, undo=True)  # the attach above is a query's: undone in dry-run too
 
 
 def cmd_list(runner, args, out):

@@ -132,3 +132,18 @@ def test_partition_0_means_the_whole_lv():
     with pytest.raises(ProbeError, match="partition=whole"):
         partitions.choose(table, "0")  # a table: 0 does not quietly mean "auto"
     assert partitions.choose(table, "auto").number == 1
+
+
+@pytest.mark.parametrize("args, text, key", [
+    (["--lock-timeout", "nan"], "", "lock_timeout"),
+    (["--quiesce-timeout", "-1"], "", "quiesce_timeout"),
+    (["--snapshot-size", "10%VG"], "", "snapshot_size"),
+    (["--chunk-size", "banana"], "", "chunk_size"),
+    ([], "[domu-snapshot]\nbusy_retries = 0\n", "busy_retries"),
+])
+def test_the_cli_exits_2_naming_the_key_before_anything_runs(tmp_path, capsys, args, text, key):
+    from domu_snapshot import cli
+    path = write(tmp_path, text)
+    assert cli.main(["--no-syslog", "--config", path, *args, "unmount", "--all"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("domu-snapshot: ") and key in err
