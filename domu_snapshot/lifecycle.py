@@ -53,6 +53,7 @@ class Guest:
     name: str
     disks: List[Disk]
     domain: Optional[str] = None
+    error: Optional[GuestError] = None  # found at discovery (libvirt failed on its domain): prepare fails it
 
     @property
     def active(self):
@@ -200,6 +201,12 @@ class Runner:
         """Guests from one `lvs` report; `names` (LV names or vg/lv) selects some."""
         self._volumes = lvm.report(self.cfg.vgs)
         candidates = [lv for lv in self._volumes if self._is_candidate(lv)]
+        for lv in self._volumes:
+            if lv.name.endswith(lvm.SUFFIX) and not lv.ours and not lv.is_hidden \
+                    and self.selects(lv.vg, lv.name[: -len(lvm.SUFFIX)]):
+                self.log("warning", f"{lv.key} is named like a snapshot of this tool but does not carry its tag "
+                                    f"{lvm.TAG}: not a guest, never touched (rename it if it is a guest's disk; "
+                                    f"a snapshot of {lv.name[: -len(lvm.SUFFIX)]} cannot be made while it exists)")
         counts = {}
         for lv in candidates:
             counts[lv.name] = counts.get(lv.name, 0) + 1
@@ -234,7 +241,12 @@ class Runner:
             title = guests[members[0]].name if len(members) == 1 else name
             for index in members:
                 grouped[index] = None
-            grouped[min(members)] = Guest(title, [guests[i].disks[0] for i in members], name)
+            error = None
+            if domain.error:
+                error = GuestError(title, "discovery", f"libvirt failed on domain {name}: {domain.error}",
+                                   "it may have been undefined or migrated during the run; run the backup of "
+                                   "this guest again (virsh list --all shows the domains)")
+            grouped[min(members)] = Guest(title, [guests[i].disks[0] for i in members], name, error)
         return [g for g in grouped if g is not None]
 
     def _select(self, guests, names):
@@ -305,6 +317,10 @@ class Runner:
         if not guest.active:
             result.status = "skipped"
             result.notes.append("LV is not active: not touched (activate it with lvchange -ay to back it up)")
+            return result
+        if guest.error is not None:
+            result.fail(guest.error)  # nothing was created
+            result.seconds = time.monotonic() - started
             return result
         held = self._held_snapshot(guest)
         if held is not None:

@@ -178,3 +178,17 @@ def test_stale_leftover_that_overflowed_is_replaced_by_a_fresh_snapshot(guest_vg
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_nothing_left(guest_vg)
     assert g.unchanged()
+
+
+def test_an_untagged_lv_named_like_our_snapshot_is_reported_and_untouched(guest_vg, clean):
+    guestdisks.run(["lvcreate", "-q", "--yes", "--name", "domu-odd-dsnap", "--size", "4M", VG])
+    try:
+        proc = cli("list")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"{VG}/domu-odd-dsnap is named like a snapshot of this tool but does not carry its tag" \
+            in proc.stderr
+        proc = cli("cleanup")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "domu-odd-dsnap" in run("lvs", "--noheadings", "-o", "lv_name", VG)
+    finally:
+        guestdisks.run(["lvremove", "-q", "--yes", f"{VG}/domu-odd-dsnap"])
