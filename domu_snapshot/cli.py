@@ -42,6 +42,8 @@ def _parser():
     opt.add_argument("--libvirt-uri", metavar="URI", help="e.g. qemu:///system or xen:///system")
     opt.add_argument("--quiesce-timeout", type=float, metavar="SECONDS", help="longest freeze or pause")
     opt.add_argument("--dry-run", action="store_true", help="print the commands that would change anything")
+    opt.add_argument("--allow-empty", action="store_true",
+                     help="`mount --all` selecting no guest exits 0 (default: 1, naming what it looked at)")
     opt.add_argument("--no-syslog", action="store_false", dest="syslog", help="do not log to syslog")
 
     parser = argparse.ArgumentParser(
@@ -65,7 +67,7 @@ def _parser():
 
 
 _OVERRIDES = ("prefix", "vgs", "include", "exclude", "snapshot_size", "chunk_size", "partition", "mount_root",
-              "lock_timeout", "quiesce", "libvirt_uri", "quiesce_timeout", "dry_run", "syslog")
+              "lock_timeout", "quiesce", "libvirt_uri", "quiesce_timeout", "dry_run", "syslog", "allow_empty")
 
 
 class Output:
@@ -174,7 +176,15 @@ def cmd_mount(runner, args, out):
     with runner.lock():
         guests = runner.discover(None if args.all else args.guests)
         if not guests:
-            out("warning", f"no guest LVs found (prefix {runner.cfg.prefix!r}, VGs {runner.cfg.vgs or 'all'})")
+            # A helpers-mode job must not back up an empty directory and report OK.
+            looked = _selection_text(runner.cfg)
+            if not runner.cfg.allow_empty:
+                out("error", f"no guest selected ({looked}): nothing was mounted. Check prefix, vg, include "
+                             f"and exclude (domu-snapshot list shows the guests found); on a host that may "
+                             f"have no guest, pass --allow-empty or set allow_empty = yes")
+                return EXIT_GUEST_FAILED
+            out("warning", f"no guest selected ({looked}); allowed (allow_empty): nothing mounted")
+            return EXIT_OK
         errors = runner.check_space(guests, concurrent=True)
         failed = 0
         for guest in guests:
@@ -184,12 +194,24 @@ def cmd_mount(runner, args, out):
     return EXIT_GUEST_FAILED if failed else EXIT_OK
 
 
+def _selection_text(cfg):
+    """What a run looked at: prefix, VGs, include and exclude globs."""
+    parts = [f"prefix {cfg.prefix!r}", f"VGs {', '.join(cfg.vgs) if cfg.vgs else 'all'}"]
+    if cfg.include:
+        parts.append(f"include {', '.join(cfg.include)}")
+    if cfg.exclude:
+        parts.append(f"exclude {', '.join(cfg.exclude)}")
+    return "; ".join(parts)
+
+
 def cmd_unmount(runner, args, out):
     if not args.all and not args.guests:
         raise DomuError("name the guests to unmount, or use --all")
     with runner.lock():
         if args.all:
-            results = runner.reap()  # whatever the system shows as ours, leftovers included
+            # whatever the system shows as ours within the selection (prefix, vg, include,
+            # exclude), leftovers included; `cleanup` takes everything that is ours
+            results = runner.reap(selected_only=True)
         else:
             guests = runner.discover(args.guests)
             results = runner.teardown(guests, runner.system_state(reuse_report=True))
@@ -231,7 +253,7 @@ def _probe_origin(disk):
     try:
         return partitions.probe_isolated(device)
     finally:
-        loop.detach(device)
+        loop.detach(device, undo=True)  # the attach above is a query's: undone in dry-run too
 
 
 def cmd_list(runner, args, out):

@@ -7,9 +7,11 @@ The file has one `[domu-snapshot]` section for the run and optional
 
 import configparser
 import dataclasses
+import math
 import os
 import re
 
+from . import lvm
 from .errors import DomuError
 
 DEFAULT_CONFIG_FILE = "/etc/domu-snapshot.conf"
@@ -30,7 +32,7 @@ class Config:
     # journal replay and heavy guest writes can need more (see README).
     snapshot_size: str = "10%ORIGIN"
     chunk_size: str = ""
-    partition: str = "auto"  # "auto" or a partition number; "0"/"whole" = whole LV
+    partition: str = "auto"  # "auto", "whole" (= "0", as `list` shows it) or a partition number >= 1
     filesystems: list = dataclasses.field(default_factory=lambda: ["ext4", "ext3"])
     mount_root: str = "/var/lib/domu-snapshot/mnt"
     lock_file: str = "/run/lock/domu-snapshot.lock"
@@ -42,6 +44,7 @@ class Config:
     busy_retries: int = 5
     syslog: bool = True
     dry_run: bool = False
+    allow_empty: bool = False  # `mount --all` selecting no guest: exit 0 (else 1)
     guests: dict = dataclasses.field(default_factory=dict)  # name -> {key: value}
 
     def for_guest(self, name, key):
@@ -52,7 +55,7 @@ class Config:
 _LIST_KEYS = {"vgs", "include", "exclude", "filesystems"}
 _FLOAT_KEYS = {"lock_timeout", "quiesce_timeout", "settle_timeout"}
 _INT_KEYS = {"busy_retries"}
-_BOOL_KEYS = {"syslog", "dry_run"}
+_BOOL_KEYS = {"syslog", "dry_run", "allow_empty"}
 _ALIASES = {"vg": "vgs"}
 
 
@@ -97,6 +100,54 @@ def _apply(cfg, items, origin):
         setattr(cfg, key, _convert(key, value, origin))
 
 
+# Ranges checked when the configuration is loaded: (low, high, low allowed). A value outside
+# would not fail later but silently do the wrong thing (busy_retries = 0 made every umount,
+# detach and lvremove a no-op; lock_timeout = nan waits forever).
+_RANGES = {
+    "lock_timeout": (0.0, 7 * 24 * 3600.0, True),
+    "quiesce_timeout": (0.0, 24 * 3600.0, False),
+    "settle_timeout": (0.0, 3600.0, True),
+    "busy_retries": (1, 100, True),
+}
+
+_CHUNK = re.compile(r"^(?P<num>\d+)(?P<unit>[bskmgtpe]?)$", re.I)
+_CHUNK_UNITS = {"b": 1, "s": 512, "": 1024, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4,
+                "p": 1024 ** 5, "e": 1024 ** 6}
+
+
+def chunk_bytes(spec):
+    """Bytes of an LVM snapshot chunk size (default unit KiB); ValueError unless a power of 2 in 4k..512k."""
+    match = _CHUNK.match(str(spec).strip())
+    if not match:
+        raise ValueError(f"not a size: {spec!r} (use e.g. 64k)")
+    size = int(match.group("num")) * _CHUNK_UNITS[match.group("unit").lower()]
+    if size < 4096 or size > 512 * 1024 or size & (size - 1):
+        raise ValueError(f"{spec!r}: LVM takes a power of 2 from 4k to 512k")
+    return size
+
+
+def _check_guest_value(where, key, value):
+    """Per-guest keys (also the run's values): raise DomuError naming the key."""
+    if key == "snapshot_size":
+        try:
+            lvm.parse_size(value)
+        except ValueError as exc:
+            raise DomuError(f"{where}: bad value for snapshot_size: {exc}") from None
+    elif key == "chunk_size":
+        if str(value).strip():
+            try:
+                chunk_bytes(value)
+            except ValueError as exc:
+                raise DomuError(f"{where}: bad value for chunk_size: {exc}") from None
+    elif key == "partition":
+        if value not in ("auto", "whole") and not (str(value).isdigit() and len(str(value)) < 4):
+            raise DomuError(f"{where}: partition must be 'auto', 'whole' (or 0, the same) or a partition "
+                            f"number, not {value!r}")
+    elif key == "quiesce":
+        if value not in QUIESCE_LEVELS:
+            raise DomuError(f"{where}: quiesce must be one of {', '.join(QUIESCE_LEVELS)}, not {value!r}")
+
+
 def validate(cfg):
     if not cfg.prefix and not cfg.include:
         raise DomuError("an empty prefix would select every LV: set prefix or include globs")
@@ -104,14 +155,17 @@ def validate(cfg):
         raise DomuError(f"mount_root must be an absolute path, not {cfg.mount_root!r}")
     if os.path.normpath(cfg.mount_root) == "/":
         raise DomuError("mount_root must not be /")
+    for key, (low, high, low_ok) in _RANGES.items():
+        value = getattr(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DomuError(f"configuration: {key} must be a finite number of seconds, not {value!r}")
+        if value < low or (value == low and not low_ok) or value > high:
+            bound = f"at least {low:g}" if low_ok else f"more than {low:g}"
+            raise DomuError(f"configuration: {key} must be {bound} and at most {high:g}, not {value!r}")
     for name in [None] + list(cfg.guests):
         where = f"[guest {name}]" if name else "configuration"
-        quiesce = cfg.for_guest(name, "quiesce") if name else cfg.quiesce
-        if quiesce not in QUIESCE_LEVELS:
-            raise DomuError(f"{where}: quiesce must be one of {', '.join(QUIESCE_LEVELS)}, not {quiesce!r}")
-        partition = cfg.for_guest(name, "partition") if name else cfg.partition
-        if partition not in ("auto", "whole") and not str(partition).isdigit():
-            raise DomuError(f"{where}: partition must be 'auto', 'whole' or a number, not {partition!r}")
+        for key in GUEST_KEYS:
+            _check_guest_value(where, key, cfg.for_guest(name, key) if name else getattr(cfg, key))
     for fs in cfg.filesystems:
         if fs not in ("ext2", "ext3", "ext4"):
             raise DomuError(f"filesystems: only ext2, ext3 and ext4 can be journal-replayed and mounted, not {fs!r}")

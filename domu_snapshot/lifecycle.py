@@ -53,6 +53,7 @@ class Guest:
     name: str
     disks: List[Disk]
     domain: Optional[str] = None
+    error: Optional[GuestError] = None  # found at discovery (libvirt failed on its domain): prepare fails it
 
     @property
     def active(self):
@@ -122,6 +123,25 @@ class SystemState:
     loops: list  # loop.LoopDevice
     snapshots: dict  # "vg/name" -> LogicalVolume of our tagged snapshots
 
+    def our_loops(self):
+        """Loop device name -> our snapshot behind it (matched by the backing device's rdev)."""
+        by_rdev = {(s.major, s.minor): s for s in self.snapshots.values() if s.major is not None}
+        found = {}
+        for device in self.loops:
+            snapshot = by_rdev.get(device.backing_rdev())
+            if snapshot is not None:
+                found[device.name] = snapshot
+        return found
+
+    def split_mounts(self):
+        """(ours, foreign): mounts under the mount root whose source is a loop device over one of
+        our snapshots, and every other one (never unmounted: not ours, whatever its path)."""
+        loops = self.our_loops()
+        ours, foreign = [], []
+        for target, source in self.mounts:
+            (ours if source in loops else foreign).append((target, source))
+        return ours, foreign
+
 
 # Whose snapshots a runner leaves alone, by the runner's owner. The plugin must not tear down a
 # helpers-mode job's mounts between its `mount` and `unmount` (its FileSet may be being read);
@@ -169,9 +189,15 @@ class Runner:
     def _is_candidate(self, lv):
         if lv.is_hidden or lv.is_pool or lv.is_snapshot or lv.ours or lv.name.endswith(lvm.SUFFIX):
             return False
-        if self.cfg.prefix and not lv.name.startswith(self.cfg.prefix):
+        return self.selects(lv.vg, lv.name)
+
+    def selects(self, vg, lv):
+        """Whether the run's selection (vg, prefix, include, exclude) covers the LV vg/lv."""
+        if self.cfg.vgs and vg not in self.cfg.vgs:
             return False
-        names = (lv.name, lv.key)
+        if self.cfg.prefix and not lv.startswith(self.cfg.prefix):
+            return False
+        names = (lv, f"{vg}/{lv}")
         if self.cfg.include and not any(fnmatch.fnmatchcase(n, g) for g in self.cfg.include for n in names):
             return False
         return not any(fnmatch.fnmatchcase(n, g) for g in self.cfg.exclude for n in names)
@@ -180,6 +206,12 @@ class Runner:
         """Guests from one `lvs` report; `names` (LV names or vg/lv) selects some."""
         self._volumes = lvm.report(self.cfg.vgs)
         candidates = [lv for lv in self._volumes if self._is_candidate(lv)]
+        for lv in self._volumes:
+            if lv.name.endswith(lvm.SUFFIX) and not lv.ours and not lv.is_hidden \
+                    and self.selects(lv.vg, lv.name[: -len(lvm.SUFFIX)]):
+                self.log("warning", f"{lv.key} is named like a snapshot of this tool but does not carry its tag "
+                                    f"{lvm.TAG}: not a guest, never touched (rename it if it is a guest's disk; "
+                                    f"a snapshot of {lv.name[: -len(lvm.SUFFIX)]} cannot be made while it exists)")
         counts = {}
         for lv in candidates:
             counts[lv.name] = counts.get(lv.name, 0) + 1
@@ -214,7 +246,12 @@ class Runner:
             title = guests[members[0]].name if len(members) == 1 else name
             for index in members:
                 grouped[index] = None
-            grouped[min(members)] = Guest(title, [guests[i].disks[0] for i in members], name)
+            error = None
+            if domain.error:
+                error = GuestError(title, "discovery", f"libvirt failed on domain {name}: {domain.error}",
+                                   "it may have been undefined or migrated during the run; run the backup of "
+                                   "this guest again (virsh list --all shows the domains)")
+            grouped[min(members)] = Guest(title, [guests[i].disks[0] for i in members], name, error)
         return [g for g in grouped if g is not None]
 
     def _select(self, guests, names):
@@ -286,6 +323,10 @@ class Runner:
             result.status = "skipped"
             result.notes.append("LV is not active: not touched (activate it with lvchange -ay to back it up)")
             return result
+        if guest.error is not None:
+            result.fail(guest.error)  # nothing was created
+            result.seconds = time.monotonic() - started
+            return result
         held = self._held_snapshot(guest)
         if held is not None:
             # Fails without any teardown: what is there is another job's, not ours to touch.
@@ -351,7 +392,8 @@ class Runner:
         existing = {lv.key for lv in self._volumes or [] if lv.ours}
         if any(f"{d.vg}/{d.snapshot_name}" in existing for d in guest.disks):
             result.notes.append("removed a leftover snapshot of an earlier run first")
-            for report in self.teardown([guest]):
+            for report in self.teardown([guest], stale=True):
+                result.notes.extend(report.notes)
                 if not report.ok:
                     raise report.error
 
@@ -469,28 +511,35 @@ class Runner:
 
     # ------------------------------------------------------------- teardown
 
-    def system_state(self, reuse_report=False):
+    def system_state(self, reuse_report=False, every_vg=False):
         """Mounts, loops and our snapshots as the system shows them now.
 
         reuse_report: take the LVs from the last discover() instead of a new `lvs` (only right
         when nothing was created or removed since, as in `unmount G`).
+        every_vg: our snapshots in every VG, whatever the configuration's `vg` (reap: a mount on a
+        snapshot of another VG is still ours, never "foreign").
         """
-        volumes = self._volumes if reuse_report and self._volumes is not None else lvm.report(self.cfg.vgs)
+        if reuse_report and self._volumes is not None:
+            volumes = self._volumes
+        else:
+            volumes = lvm.report(() if every_vg else self.cfg.vgs)
         return SystemState(
             mounts=mount.under(self.cfg.mount_root),
             loops=loop.list_all(),
             snapshots={lv.key: lv for lv in volumes if lv.ours},
         )
 
-    def teardown(self, guests, state=None):
+    def teardown(self, guests, state=None, stale=False):
         """Unmount, detach, check for overflow, remove the snapshot, rmdir; per guest.
 
         Idempotent: what is already gone is skipped. Three queries in all,
-        however many guests.
+        however many guests. stale: the guests' snapshots are leftovers of an earlier run about
+        to be replaced (prepare): one that overflowed since is removed with a note, not a failure
+        (this run's backup comes from a fresh snapshot).
         """
         state = state or self.system_state()
         held = self.held(state)
-        return [self._teardown_guest(guest, state, held) for guest in guests]
+        return [self._teardown_guest(guest, state, held, stale) for guest in guests]
 
     def held(self, state):
         """(vg, lv) of guest disks this runner must leave alone -> the snapshot's owner.
@@ -537,7 +586,7 @@ class Runner:
         except (CommandError, OSError) as exc:
             result.notes.append(f"cleanup could not read the system state: {exc}; run domu-snapshot cleanup")
 
-    def _teardown_guest(self, guest, state, held):
+    def _teardown_guest(self, guest, state, held, stale=False):
         started = time.monotonic()
         result = GuestResult(guest, "unmount")
         owners = [held[(d.vg, d.lv)] for d in guest.disks if (d.vg, d.lv) in held]
@@ -547,13 +596,18 @@ class Runner:
             result.held_by = owners[0]
             result.notes.append(held_message(guest.name, owners[0]))
             return result
+        ours, foreign = state.split_mounts()
         for disk in guest.disks:
             disk_result = DiskResult(disk)
             result.disks.append(disk_result)
             snapshot = state.snapshots.get(f"{disk.vg}/{disk.snapshot_name}")
             step = "unmount"
             try:
-                for target, _source in state.mounts:
+                for target, source in foreign:
+                    if target == disk.mount_path or target.startswith(disk.mount_path + os.sep):
+                        result.notes.append(f"{target} is mounted from {source or 'an unknown source'}, not from "
+                                            f"a loop device over one of our snapshots: not ours, not touched")
+                for target, _source in ours:
                     if target == disk.mount_path or target.startswith(disk.mount_path + os.sep):
                         mount.unmount(target, self.cfg.busy_retries)
                 step = "loop detach"
@@ -563,7 +617,11 @@ class Runner:
                             loop.detach(device.name, self.cfg.busy_retries)
                 if snapshot is not None:
                     disk_result.peak_percent = snapshot.snap_percent
-                    if snapshot.is_classic_snapshot and snapshot.invalid:
+                    if snapshot.is_classic_snapshot and snapshot.invalid and stale:
+                        result.notes.append(
+                            f"the leftover snapshot {snapshot.key} of an earlier run had overflowed (the guest "
+                            f"kept writing since): removed, and the guest is snapshotted afresh")
+                    elif snapshot.is_classic_snapshot and snapshot.invalid:
                         result.fail(GuestError(
                             guest.name, "snapshot overflow",
                             f"snapshot {snapshot.key} overflowed (its copy-on-write area filled up while the "
@@ -574,8 +632,7 @@ class Runner:
                             f"size like 4G) and run the backup again"))
                     step = "snapshot removal"
                     lvm.remove_snapshot(snapshot, self.cfg.busy_retries)
-                quiesce.remove_domain_xml(disk.mount_path)
-                mount.remove_empty_dirs(disk.mount_path, self.cfg.mount_root)
+                self._remove_files(disk.mount_path)
             except CommandError as exc:
                 result.fail(GuestError(
                     guest.name, step, exc.summary(),
@@ -584,33 +641,60 @@ class Runner:
         result.seconds = time.monotonic() - started
         return result
 
-    def leftovers(self, state=None):
-        """Guests rebuilt from what the system shows: our snapshots and mounts under the root."""
+    def _remove_files(self, mount_path):
+        """The saved domain definition next to a torn-down mount, and its now empty directories."""
+        if commands.is_dry_run():
+            printer = commands._dry_run["printer"]
+            xml = quiesce.domain_xml_path(mount_path)
+            if os.path.isfile(xml) and not os.path.islink(xml):
+                printer(f"would remove {xml}")
+            if os.path.isdir(mount_path) and not os.path.islink(mount_path):
+                printer(f"would remove the directory {mount_path} (if empty)")
+            return
+        quiesce.remove_domain_xml(mount_path)
+        mount.remove_empty_dirs(mount_path, self.cfg.mount_root)
+
+    def leftovers(self, state=None, selected_only=False):
+        """Guests rebuilt from what the system shows: our snapshots, and mounts under the root on
+        loop devices over them; and the targets of every other mount under the root (foreign:
+        never touched). selected_only: only guests the run's selection covers (`unmount --all`
+        with --include, --vg, ...); the others are neither returned nor foreign."""
         state = state or self.system_state()
         disks = {}
         for snapshot in state.snapshots.values():
             disks[(snapshot.vg, lvm.origin_name(snapshot))] = True
-        foreign = []
-        for target, _source in state.mounts:
+        ours, foreign_mounts = state.split_mounts()
+        for target, _source in ours:
             key = self._disk_of_mount(target)
             if key is not None:
                 disks[key] = True
-            else:
-                foreign.append(target)
+        foreign = [target for target, _source in foreign_mounts]
+        if selected_only:
+            disks = {key: True for key in disks if self.selects(*key)}
         guests = [Guest(lv, [Disk(vg, lv, self.mount_path(vg, lv))]) for vg, lv in disks]
         return guests, foreign
 
-    def reap(self):
+    def reap(self, selected_only=False):
         """Tear down everything earlier runs left: returns per-guest results. What this runner must
         leave alone (a plugin runner: what `domu-snapshot mount` holds) comes back with status
-        "held" and nothing of it touched."""
-        state = self.system_state()
-        guests, foreign = self.leftovers(state)
+        "held" and nothing of it touched. selected_only: only the guests of the run's selection
+        (`unmount --all`); `cleanup` and the boot-time service take everything that is ours.
+        Mounts under the mount root that are not on a loop device over one of our snapshots are
+        never unmounted, whatever their path (a warning each)."""
+        state = self.system_state(every_vg=True)
+        guests, foreign = self.leftovers(state, selected_only)
         for target in foreign:
-            self.log("warning", f"{target} is mounted under the mount root but is not ours: not touched")
+            self.log("warning", f"{target} is mounted under the mount root but is not ours (not a loop device "
+                                f"over one of our snapshots): not touched")
         results = self.teardown(guests, state)
-        held = {os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == "held"}
-        self._remove_stale_dirs(keep=held)
+        keep = {os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == "held"}
+        if selected_only:
+            # what the selection does not cover keeps its files (a mounted guest's domain definition)
+            everything, _ = self.leftovers(state)
+            keep |= {os.path.normpath(g.disks[0].mount_path) for g in everything
+                     if not self.selects(g.disks[0].vg, g.disks[0].lv)}
+        if not commands.is_dry_run():
+            self._remove_stale_dirs(keep=keep)
         return results
 
     def _remove_stale_dirs(self, keep=()):

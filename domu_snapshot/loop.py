@@ -53,5 +53,8 @@ def list_all():
     return devices
 
 
-def detach(name, retries=5):
-    commands.retry_busy(lambda: commands.run(["losetup", "--detach", name], changes_system=True), attempts=retries)
+def detach(name, retries=5, undo=False):
+    """losetup --detach. `undo`: the read-only loop device a query attached (`list` probing an
+    origin) -- detached in dry-run too, or every `--dry-run list` would leave one behind."""
+    commands.retry_busy(lambda: commands.run(["losetup", "--detach", name], changes_system=not undo),
+                        attempts=retries)

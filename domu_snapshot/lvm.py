@@ -182,24 +182,33 @@ def check_snapshot_name(vg, origin):
     return None
 
 
-_SIZE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>[bskmgtpe]?)i?b?\s*$", re.I)
-_PERCENT = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*%\s*ORIGIN\s*$", re.I)
+# LVM's own syntax: a number with at most one unit letter (default MiB), or N%ORIGIN.
+_SIZE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)(?P<unit>[bskmgtpe]?)\s*$", re.I)
+_PERCENT = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)%(?P<of>[a-z]*)\s*$", re.I)
 _UNITS = {"b": 1, "s": 512, "": 1024 * 1024, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4, "p": 1024**5, "e": 1024**6}
 
 
 def parse_size(spec):
-    """('bytes', n) for an absolute size like 2G (LVM's default unit is MiB), ('percent', p) for 10%ORIGIN."""
-    match = _PERCENT.match(spec or "")
+    """('bytes', n) for an absolute size like 2G (LVM's default unit is MiB), ('percent', p) for 10%ORIGIN.
+
+    ValueError (saying what is accepted) for anything else. %VG, %FREE and %PVS are LVM syntax
+    too, but the space check sizes every snapshot from its origin, so they are refused."""
+    text = str(spec or "")
+    match = _PERCENT.match(text)
     if match:
+        if match.group("of").upper() not in ("ORIGIN",):
+            raise ValueError(f"snapshot size {spec!r}: only N%ORIGIN is supported as a percentage "
+                             f"(the space check sizes each snapshot from its origin); or an absolute size like 2G")
         percent = float(match.group("num"))
         if not 0 < percent <= 100:
             raise ValueError(f"snapshot size {spec!r}: percentage must be in (0, 100]")
         return "percent", percent
-    match = _SIZE.match(spec or "")
+    match = _SIZE.match(text)
     if not match:
-        raise ValueError(f"snapshot size {spec!r}: use an LVM size like 2G or 512M, or N%ORIGIN")
+        raise ValueError(f"snapshot size {spec!r}: use an LVM size like 2G or 512M (units b s k m g t p e, "
+                         f"default m), or N%ORIGIN")
     size = float(match.group("num")) * _UNITS[match.group("unit").lower()]
-    if size <= 0:
+    if size < 1:
         raise ValueError(f"snapshot size {spec!r} must be positive")
     return "bytes", int(size)
 

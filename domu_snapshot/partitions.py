@@ -230,7 +230,8 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
     """Pick the partition to mount from a probe result; ProbeError says why none fits.
 
     `partition`: "auto" (first partition, by number, whose filesystem is one of
-    `filesystems`), "whole" (the filesystem covers the whole device) or a number.
+    `filesystems`), "whole" or "0" (the filesystem covers the whole device, no table: `list`
+    shows such a guest's partition as 0) or a partition number (1 and up).
     """
     if not isinstance(probed, dict):
         raise ProbeError("the partition-table reader returned nothing usable")
@@ -268,11 +269,11 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
         number = 0 if whole else p["number"]
         return Choice(number, p.get("fs"), p["start"] * sector, p["length"] * sector, label, sector)
 
-    if str(partition) == "whole":
+    if str(partition) in ("whole", "0"):
         if whole and parts and parts[0].get("fs") in EXT_TYPES:
             return to_choice(parts[0])
         raise ProbeError(f"partition=whole, but the disk holds a {label} table, not a filesystem")
-    if str(partition).isdigit() and str(partition) != "0":
+    if str(partition).isdigit():
         wanted = int(partition)
         for p in parts:
             if p["number"] == wanted and p.get("kind") != "extended":

@@ -168,6 +168,7 @@ class Domain:
     lvs: list  # the caller's LV descriptors, in the domain's disk order
     xml: str  # the persistent definition: what `virsh define` accepts
     active: bool
+    error: str = ""  # libvirt failed on it during discovery (e.g. it vanished): its guest fails
 
 
 def _definition_xml(dom):
@@ -182,6 +183,16 @@ def _definition_xml(dom):
         except lv.libvirtError:
             continue
     return dom.XMLDesc(0)
+
+
+def _error_type():
+    """libvirt.libvirtError, or a class nothing raises when libvirt-python is missing."""
+    lv = _libvirt()
+    return lv.libvirtError if lv is not None else _NoError
+
+
+class _NoError(Exception):
+    pass
 
 
 def map_domains(conn, lvs, log=None):
@@ -202,11 +213,26 @@ def map_domains(conn, lvs, log=None):
 
     claims = {}  # LV index -> list of (active, name)
     found = {}
-    # Running first, then by name: the deterministic owner of a shared LV.
-    doms = sorted(conn.listAllDomains(0), key=lambda d: (not d.isActive(), d.name()))
-    for dom in doms:
+    error_type = _error_type()
+    # Running first, then by name: the deterministic owner of a shared LV. A domain that vanishes
+    # meanwhile (undefined, migrated away) raises on any call: never a traceback of the run.
+    listed = []
+    for dom in conn.listAllDomains(0):
+        try:
+            listed.append(((not dom.isActive(), dom.name()), dom))
+        except error_type as exc:
+            log("warning", f"a libvirt domain vanished while its disks were looked up ({_message(exc)}); "
+                           f"the LVs it used, if any, are guests of their own in this run")
+    listed.sort(key=lambda item: item[0])
+    for (_inactive, name), dom in listed:
         matched = []
-        for source in disk_sources(dom.XMLDesc(0)):
+        try:
+            sources = disk_sources(dom.XMLDesc(0))
+        except error_type as exc:
+            log("warning", f"domain {name}: its definition cannot be read ({_message(exc)}); the LVs it used, "
+                           f"if any, are guests of their own in this run (not quiesced)")
+            continue
+        for source in sources:
             index = by_alias.get(source)
             if index is None and os.path.exists(source):
                 index = by_alias.get(os.path.realpath(source))
@@ -218,12 +244,15 @@ def map_domains(conn, lvs, log=None):
             continue
         mine = []
         for index in matched:
-            claims.setdefault(index, []).append(dom.name())
+            claims.setdefault(index, []).append(name)
             if len(claims[index]) == 1:
                 mine.append(index)
         if mine:
-            found[dom.name()] = Domain(dom.name(), dom.UUIDString(), [lvs[i] for i in mine],
-                                       _definition_xml(dom), bool(dom.isActive()))
+            try:
+                found[name] = Domain(name, dom.UUIDString(), [lvs[i] for i in mine], _definition_xml(dom),
+                                     bool(dom.isActive()))
+            except error_type as exc:
+                found[name] = Domain(name, "", [lvs[i] for i in mine], "", False, error=_message(exc))
     for index, names in claims.items():
         if len(names) > 1:
             log("warning", f"{_field(lvs[index], 'lv_path') or _field(lvs[index], 'lv')} is a disk of several "
@@ -384,7 +413,12 @@ class Quiescer:
             if self.uri:  # configured explicitly: its absence is worth a warning even without quiesce
                 self.warn_unavailable()
             return {}
-        return map_domains(conn, lvs, self.log)
+        try:
+            return map_domains(conn, lvs, self.log)
+        except _error_type() as exc:  # the connection itself failed (listAllDomains)
+            self.log("warning", f"libvirt: cannot list domains ({_message(exc)}); every LV is a guest of its own "
+                                f"in this run and none is quiesced")
+            return {}
 
     def definition(self, name, fallback=""):
         """The domain's current persistent definition (XML), or `fallback` when libvirt cannot say."""

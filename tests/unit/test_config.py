@@ -62,6 +62,27 @@ def test_command_line_overrides_file(tmp_path):
     ("[domu-snapshot]\nfilesystems = xfs\n", "only ext2"),
     ("[guest g]\nmount_root = /x\n", "cannot be set per guest"),
     ("[domu-snapshot\n", "cannot read"),
+    # range-checked when loaded (issue 13), each naming the key
+    ("[domu-snapshot]\nbusy_retries = 0\n", "busy_retries must be at least 1"),
+    ("[domu-snapshot]\nbusy_retries = -3\n", "busy_retries must be at least 1"),
+    ("[domu-snapshot]\nlock_timeout = nan\n", "lock_timeout must be a finite number"),
+    ("[domu-snapshot]\nlock_timeout = inf\n", "lock_timeout must be a finite number"),
+    ("[domu-snapshot]\nlock_timeout = -1\n", "lock_timeout must be at least 0"),
+    ("[domu-snapshot]\nquiesce_timeout = -5\n", "quiesce_timeout must be more than 0"),
+    ("[domu-snapshot]\nquiesce_timeout = 0\n", "quiesce_timeout must be more than 0"),
+    ("[domu-snapshot]\nsettle_timeout = nan\n", "settle_timeout must be a finite"),
+    ("[domu-snapshot]\nchunk_size = banana\n", "bad value for chunk_size"),
+    ("[domu-snapshot]\nchunk_size = 3k\n", "chunk_size: '3k': LVM takes a power of 2"),
+    ("[domu-snapshot]\nchunk_size = 1m\n", "chunk_size: '1m': LVM takes a power of 2"),
+    ("[domu-snapshot]\nsnapshot_size = lots\n", "bad value for snapshot_size"),
+    ("[domu-snapshot]\nsnapshot_size = 2GiB\n", "bad value for snapshot_size"),
+    ("[domu-snapshot]\nsnapshot_size = 0\n", "bad value for snapshot_size"),
+    ("[domu-snapshot]\nsnapshot_size = 10%FREE\n", "snapshot_size.*only N%ORIGIN"),
+    ("[domu-snapshot]\nsnapshot_size = 200%ORIGIN\n", "snapshot_size.*percentage"),
+    ("[guest g]\nsnapshot_size = 8 gigs\n", r"\[guest g\]: bad value for snapshot_size"),
+    ("[guest g]\nchunk_size = 7\n", r"\[guest g\]: bad value for chunk_size"),
+    ("[guest g]\npartition = -1\n", r"\[guest g\]: partition must be"),
+    ("[domu-snapshot]\nallow_empty = maybe\n", "bad value for allow_empty"),
 ])
 def test_bad_configuration_is_a_clear_error(tmp_path, text, message):
     with pytest.raises(DomuError, match=message):
@@ -77,3 +98,52 @@ def test_config_dataclass_is_independent_per_instance():
     a, b = Config(), Config()
     a.vgs.append("x")
     assert b.vgs == []
+
+
+@pytest.mark.parametrize("key, value", [
+    ("lock_timeout", float("nan")), ("busy_retries", 0), ("quiesce_timeout", -1.0),
+    ("snapshot_size", "banana"), ("chunk_size", "banana"),
+])
+def test_command_line_values_are_range_checked_too(tmp_path, key, value):
+    with pytest.raises(DomuError, match=key):
+        load_config(write(tmp_path, ""), {key: value})
+
+
+@pytest.mark.parametrize("text", [
+    "snapshot_size = 2G", "snapshot_size = 512m", "snapshot_size = 100", "snapshot_size = 1.5g",
+    "snapshot_size = 20%ORIGIN", "snapshot_size = 4096s", "chunk_size = 64k", "chunk_size = 4096b",
+    "chunk_size = 512K", "chunk_size = 8", "busy_retries = 1", "lock_timeout = 0", "partition = 0",
+    "partition = whole", "partition = 5", "allow_empty = yes",
+])
+def test_good_values_are_accepted(tmp_path, text):
+    load_config(write(tmp_path, f"[domu-snapshot]\n{text}\n"))
+
+
+def test_partition_0_means_the_whole_lv():
+    """As `list` shows it (0 = whole) and as the configuration documents it: not "auto"."""
+    from domu_snapshot import partitions
+    from domu_snapshot.errors import ProbeError
+    whole = {"sector_size": 512, "length": 2048, "label": "loop",
+             "partitions": [{"number": 1, "start": 0, "length": 2048, "fs": "ext4", "kind": "normal"}]}
+    table = {"sector_size": 512, "length": 4096, "label": "msdos",
+             "partitions": [{"number": 1, "start": 2048, "length": 2048, "fs": "ext4", "kind": "normal"}]}
+    assert partitions.choose(whole, "0").number == 0
+    assert partitions.choose(whole, "0") == partitions.choose(whole, "whole")
+    with pytest.raises(ProbeError, match="partition=whole"):
+        partitions.choose(table, "0")  # a table: 0 does not quietly mean "auto"
+    assert partitions.choose(table, "auto").number == 1
+
+
+@pytest.mark.parametrize("args, text, key", [
+    (["--lock-timeout", "nan"], "", "lock_timeout"),
+    (["--quiesce-timeout", "-1"], "", "quiesce_timeout"),
+    (["--snapshot-size", "10%VG"], "", "snapshot_size"),
+    (["--chunk-size", "banana"], "", "chunk_size"),
+    ([], "[domu-snapshot]\nbusy_retries = 0\n", "busy_retries"),
+])
+def test_the_cli_exits_2_naming_the_key_before_anything_runs(tmp_path, capsys, args, text, key):
+    from domu_snapshot import cli
+    path = write(tmp_path, text)
+    assert cli.main(["--no-syslog", "--config", path, *args, "unmount", "--all"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("domu-snapshot: ") and key in err
