@@ -18,6 +18,7 @@ the guest.
 """
 
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -299,6 +300,7 @@ class QuiesceResult:
     overrun: bool = False  # the watchdog released the guest before the snapshots were done
     degraded: bool = False  # less than asked for (auto fell back, window exceeded): worth a warning
     value: object = None  # what the snapshot callable returned
+    agent_timeout: object = None  # seconds libvirt waits for the guest agent, when we could set it
 
     def summary(self):
         text = self.level
@@ -574,6 +576,7 @@ class _Hold:
         lv = _libvirt()
         res, dom = self.result, self._dom
         if level == "agent":
+            self._bound_agent()
             engage, self._release_fn = dom.fsFreeze, self._thaw
         else:
             engage, self._release_fn = dom.suspend, self._resume
@@ -603,6 +606,20 @@ class _Hold:
         if res.overrun:
             # The freeze returned after the watchdog had already thawed: undo it again now.
             self._release("late freeze", force=True)
+
+    def _bound_agent(self):
+        """libvirt's default agent timeout can be unbounded: a hung agent would hold the guest (and
+        the run lock) for ever. Bound every agent call of this domain by the window (libvirt >= 5.10;
+        the setting stays on the running domain)."""
+        lv = _libvirt()
+        seconds = max(1, int(math.ceil(self.q.window)))
+        try:
+            self._dom.agentSetResponseTimeout(seconds, 0)
+            self.result.agent_timeout = seconds
+        except (AttributeError, lv.libvirtError):
+            self.result.agent_timeout = None  # older libvirt, or a driver without it (test:///, xen)
+            # libvirt-python builds each later error's message from the thread's last error
+            getattr(lv, "virResetLastError", lambda: None)()
 
     def _watch(self):
         if not self._done.wait(self.q.window):

@@ -561,3 +561,30 @@ def test_default_uri_with_a_daemon_socket_connects(tmp_path, monkeypatch):
     monkeypatch.setitem(quiesce._libvirt_module, "mod", None)     # as if libvirt-python were missing
     q = quiesce.Quiescer("")
     assert q.unavailable == "libvirt-python is not installed"
+
+
+class BoundRecorder(Recorder):
+    """The test driver has no agent timeout (and cannot hang an agent): record the call instead."""
+
+    def agentSetResponseTimeout(self, seconds, flags):
+        self._events.append(("agentSetResponseTimeout", seconds, flags))
+        return 0
+
+
+def test_agent_calls_are_bounded_by_the_window_before_the_freeze(node):
+    events = []
+    q, conn = quiescer(node(domain_xml("web", ["/dev/vg0/a"])), events, window=2.5)
+    q._conn.lookupByName = lambda name: BoundRecorder(conn.lookupByName(name), events)
+    res = q.run("web", "web", "agent", lambda: events.append("lvcreate"))
+    assert events == [("agentSetResponseTimeout", 3, 0), "fsFreeze", "lvcreate", "fsThaw"]
+    assert res.agent_timeout == 3 and res.level == "agent"
+
+
+def test_a_driver_without_agent_timeouts_still_freezes(node):
+    """libvirt's test driver answers virDomainAgentSetResponseTimeout with "not supported"."""
+    events = []
+    q, conn = quiescer(node(domain_xml("web", ["/dev/vg0/a"])), events)
+    res = q.run("web", "web", "agent", lambda: events.append("lvcreate"))
+    assert events == ["fsFreeze", "lvcreate", "fsThaw"]
+    assert res.agent_timeout is None and res.level == "agent"
+    assert thawed(conn, "web")

@@ -36,7 +36,9 @@ class SlowVG(guestdisks.GuestVG):
         with open(self.pv_image, "wb") as f:
             f.truncate(self.size_mib * guestdisks.MiB)
         self.pv_loop = guestdisks.out(["losetup", "--find", "--show", str(self.pv_image)]).strip()
-        self.sectors = self.size_mib * guestdisks.MiB // 512
+        # Mapped from 1 MiB into the loop device: LVM looks for PV labels in the first sectors
+        # only, so it sees the PV on the dm device alone, not a duplicate on the loop device.
+        self.sectors = self.size_mib * guestdisks.MiB // 512 - 2048
         guestdisks.run(["dmsetup", "create", self.dm, "--table", self._table(0)])
         pv = f"/dev/mapper/{self.dm}"
         guestdisks.run(["pvcreate", "-q", "-y", pv])
@@ -44,7 +46,7 @@ class SlowVG(guestdisks.GuestVG):
         return self
 
     def _table(self, ms):
-        return f"0 {self.sectors} delay {self.pv_loop} 0 {ms} {self.pv_loop} 0 {ms}"
+        return f"0 {self.sectors} delay {self.pv_loop} 2048 {ms} {self.pv_loop} 2048 {ms}"
 
     def set_delay(self, ms):
         guestdisks.run(["dmsetup", "suspend", self.dm])
@@ -56,20 +58,26 @@ class SlowVG(guestdisks.GuestVG):
     def destroy(self):
         left = guestdisks.destroy_vg(self.vg, self.workdir, expected_lvs=set(self.guests))
         guestdisks.run(["dmsetup", "remove", "--retry", self.dm], check=False)
-        guestdisks.run(["losetup", "-d", self.pv_loop], check=False)
+        if self.pv_loop:
+            guestdisks.run(["losetup", "-d", self.pv_loop], check=False)
         return left
 
 
 @pytest.fixture(scope="module")
 def slow_vg():
-    gvg = SlowVG(VG, size_mib=160).create()
+    gvg = SlowVG(VG, size_mib=160)
     try:
+        gvg.create()
         for name in GUESTS:
             gvg.add_guest(name, "msdos-ext4-1m", size_mib=32, dirty=False)
         gvg.set_delay(DELAY_MS)
         yield gvg
     finally:
-        gvg.set_delay(0)
+        if gvg.pv_loop:
+            try:
+                gvg.set_delay(0)  # a fast teardown
+            except guestdisks.FixtureError:
+                guestdisks.run(["dmsetup", "resume", gvg.dm], check=False)
         left = gvg.destroy()
     assert not left, f"tests left these on VG {VG}: {left}"
 
