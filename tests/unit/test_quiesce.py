@@ -588,3 +588,27 @@ def test_a_driver_without_agent_timeouts_still_freezes(node):
     assert events == ["fsFreeze", "lvcreate", "fsThaw"]
     assert res.agent_timeout is None and res.level == "agent"
     assert thawed(conn, "web")
+
+
+def test_a_freeze_that_never_answers_does_not_hold_the_run(node, monkeypatch):
+    """A hung agent (the test driver cannot hang one: the call is delayed past the bound): the
+    guest gets its fallback, and the freeze that lands later is thawed by its own thread."""
+    monkeypatch.setattr(quiesce, "ENGAGE_GRACE", 0.2)
+    events = []
+    q, conn = quiescer(node(domain_xml("web", ["/dev/vg0/a"])), events, window=0.1, delay={"fsFreeze": 1.5})
+    started = time.monotonic()
+    res = q.run("web", "web", "auto", lambda: events.append("lvcreate"))
+    assert time.monotonic() - started < 1.2
+    assert res.level == "none" and res.degraded and "no answer within 0.3 s" in res.note
+    time.sleep(2.0)
+    assert events[-2:] == ["fsFreeze", "fsThaw"] and "lvcreate" in events
+    assert thawed(conn, "web")
+
+
+def test_explicit_agent_that_never_answers_fails_the_guest(node, monkeypatch):
+    monkeypatch.setattr(quiesce, "ENGAGE_GRACE", 0.2)
+    q, conn = quiescer(node(domain_xml("web", ["/dev/vg0/a"])), window=0.1, delay={"fsFreeze": 1.0})
+    with pytest.raises(GuestError, match=r"fsFreeze of web: no answer within 0.3 s"):
+        q.run("web", "web", "agent", lambda: None)
+    time.sleep(1.5)
+    assert thawed(conn, "web")
