@@ -21,7 +21,7 @@ pytestmark = pytest.mark.vm
 
 VG = "domuslow"
 MOUNT_ROOT = "/tmp/domu-signals-mnt"
-DELAY_MS = 150
+DELAY_MS = 30
 GUESTS = ("domu-slow1", "domu-slow2")
 
 
@@ -140,7 +140,7 @@ def assert_cleanup_leaves_nothing(slow_vg):
 MOMENTS = {
     "before-any-snapshot": (("mount", "--all"), "lvs", 1, 0.0),
     "lvcreate-start": (("mount", "--all"), "lvcreate", 1, 0.0),
-    "lvcreate-middle": (("mount", "--all"), "lvcreate", 1, 0.6),
+    "lvcreate-middle": (("mount", "--all"), "lvcreate", 1, 1.0),
     "second-lvcreate": (("mount", "--all"), "lvcreate", 2, 0.3),
     "loop-attach-of-first-guest": (("mount", "--all"), "losetup", 1, 0.0),
 }
