@@ -15,6 +15,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import wrappers  # noqa: E402
+from domu_snapshot import commands  # noqa: E402
 from tests import guestdisks  # noqa: E402
 
 PREFIX = "domu-"
@@ -75,10 +76,12 @@ class Context:
         env.pop(wrappers.LOG_ENV, None)
         env.pop("DOMU_SNAPSHOT_PROBE_PYTHON", None)
         env["PATH"] = self.plain_path
+        env.pop(commands.TOOL_PATH_ENV, None)
         if self.cli_pythonpath:
             env["PYTHONPATH"] = self.cli_pythonpath
         if wrap_log is not None:
             env["PATH"] = self.wrap_path
+            env[commands.TOOL_PATH_ENV] = self.wrap_path  # the core runs tools through its own PATH
             env[wrappers.LOG_ENV] = str(wrap_log)
             if probe and wrappers.PROBE in self.wrapped:
                 env["DOMU_SNAPSHOT_PROBE_PYTHON"] = os.path.join(self.wrap_dir, wrappers.PROBE)

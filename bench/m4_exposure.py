@@ -26,8 +26,9 @@ def backup(ctx, vg, guests, mode):
     definition = fd_harness.example_plugin_definition(
         module_path=str(fd_harness.PLUGIN_DIR), mount_root=ctx.mount_root, vg=vg, prefix=PREFIX,
         include=",".join(g.lv for g in guests), quiesce="none", prepare=mode)
-    saved = {k: os.environ.get(k) for k in ("PATH", wrappers.LOG_ENV)}
+    saved = {k: os.environ.get(k) for k in ("PATH", commands.TOOL_PATH_ENV, wrappers.LOG_ENV)}
     os.environ["PATH"] = ctx.wrap_path
+    os.environ[commands.TOOL_PATH_ENV] = ctx.wrap_path
     os.environ[wrappers.LOG_ENV] = str(log)
     before = dict(commands.invocations)
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """Counting and timing the external commands a run spawns: wrapper scripts earlier on PATH.
 
 Each wrapper runs the real tool, then appends one tab-separated line to the log named by
-$DSBENCH_WRAP_LOG: start and end wall-clock times (bash's $EPOCHREALTIME), exit code, tool,
+$DOMU_BENCH_WRAP_LOG: start and end wall-clock times (bash's $EPOCHREALTIME), exit code, tool,
 arguments. No log variable, no line: the wrappers are inert outside a measurement. They cost
 a bash start per command, so timings that are compared are taken without them unless a
 measure says otherwise.
@@ -15,7 +15,7 @@ import os
 import shutil
 import stat
 
-LOG_ENV = "DSBENCH_WRAP_LOG"
+LOG_ENV = "DOMU_BENCH_WRAP_LOG"
 TOOLS = ("lvs", "lvcreate", "lvremove", "losetup", "e2fsck", "mount", "umount", "findmnt", "udevadm",
          "true")   # `true`: to measure what a wrapper itself costs
 PROBE = "probe-python"          # the pyparted probe child, through DOMU_SNAPSHOT_PROBE_PYTHON

@@ -337,7 +337,7 @@ def cmd_check(runner, args, out):
         print(("ok      " if ok else "PROBLEM ") + text)
 
     for tool in REQUIRED_TOOLS:
-        report(shutil.which(tool) is not None, f"tool {tool}")
+        report(shutil.which(tool, path=commands.tool_path()) is not None, f"tool {tool}")
     report(os.path.exists("/dev/loop-control"), "loop devices (/dev/loop-control)")
     report(os.path.exists("/dev/mapper/control"), "device-mapper (/dev/mapper/control)")
     dm_snapshot = os.path.isdir("/sys/module/dm_snapshot") or \

@@ -6,6 +6,7 @@ invocation counts the benchmarks read live in one place.
 
 import collections
 import os
+import signal
 import subprocess
 import time
 
@@ -49,11 +50,32 @@ def is_dry_run():
     return _dry_run["enabled"]
 
 
-def _environment():
-    env = dict(os.environ)
+# Tools are looked up here only, never through the caller's PATH (root may run us from anywhere).
+TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# Test beds and benchmarks wrap tools; root's own environment may put them first (nothing else can).
+TOOL_PATH_ENV = "DOMU_SNAPSHOT_TOOL_PATH"
+
+# LVM commands and dmsetup suspend and resume device-mapper devices: killed between the two, they
+# leave a running guest's origin suspended (its I/O hangs). They are never killed: on a timeout or a
+# signal we wait for them to finish, then report. Other tools (mount, losetup, e2fsck on a snapshot's
+# loop device, udevadm) keep their timeout-kill.
+NEVER_KILLED = frozenset({
+    "lvm", "lvcreate", "lvremove", "lvchange", "lvconvert", "lvextend", "lvreduce", "lvresize",
+    "lvrename", "vgchange", "vgcreate", "vgremove", "vgextend", "vgreduce", "vgrename", "vgcfgrestore",
+    "pvcreate", "pvremove", "pvmove", "pvchange", "dmsetup",
+})
+
+
+def tool_path():
+    return os.environ.get(TOOL_PATH_ENV) or TOOL_PATH
+
+
+def child_environment():
+    """The whole environment of every child: nothing of the caller's but DOMU_* (test settings no
+    tool reads). An inherited PYTHONPATH, LD_PRELOAD, LVM_SYSTEM_DIR... would change what runs as root."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("DOMU_")}
     # Stable, parseable output from LVM and util-linux whatever the locale.
-    env["LC_ALL"] = "C"
-    env["LANG"] = "C"
+    env.update(PATH=tool_path(), LC_ALL="C", LANG="C")
     # lvm warns about every inherited descriptor (bareos-fd has many open).
     env["LVM_SUPPRESS_FD_WARNINGS"] = "1"
     return env
@@ -70,28 +92,76 @@ def run(argv, *, check=True, changes_system=False, timeout=300, ok_codes=(0,), i
     if changes_system and _dry_run["enabled"]:
         _dry_run["printer"]("would run: " + " ".join(argv))
         return subprocess.CompletedProcess(argv, 0, "", "")
-    invocations[(os.path.basename(argv[0]), "change" if changes_system else "query")] += 1
+    tool = os.path.basename(argv[0])
+    invocations[(tool, "change" if changes_system else "query")] += 1
     started = time.monotonic()
     try:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL if input_text is None else None,
-            input=input_text,
-            capture_output=True,
+            stdin=subprocess.DEVNULL if input_text is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
             errors="replace",
-            env=_environment(),
-            timeout=timeout,
+            env=child_environment(),
+            cwd="/",
             close_fds=True,
+            start_new_session=True,  # a terminal's Ctrl-C reaches us, not the child
         )
     except FileNotFoundError as exc:
-        raise CommandError(argv, None, "", f"{argv[0]} not found ({exc.strerror}); install it") from None
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(argv, None, "", f"timed out after {timeout:.0f} s") from exc
-    proc.seconds = time.monotonic() - started
-    if check and proc.returncode not in ok_codes:
-        raise CommandError(argv, proc.returncode, proc.stdout, proc.stderr)
-    return proc
+        raise CommandError(argv, None, "", f"{argv[0]} not found in {tool_path()} ({exc.strerror}); install it") from None
+    stdout, stderr, timed_out = _wait(proc, input_text, timeout, tool in NEVER_KILLED)
+    seconds = time.monotonic() - started
+    if timed_out:
+        if tool not in NEVER_KILLED:
+            raise CommandError(argv, None, stdout, f"timed out after {timeout:.0f} s (killed)")
+        raise CommandError(argv, None, stdout,
+                           f"timed out: still running after {timeout:.0f} s; left to finish (LVM commands are "
+                           f"never killed), it exited {proc.returncode} after {seconds:.0f} s"
+                           + (f": {stderr.strip()}" if stderr.strip() else ""))
+    result = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+    result.seconds = seconds
+    if check and result.returncode not in ok_codes:
+        raise CommandError(argv, result.returncode, stdout, stderr)
+    return result
+
+
+def _wait(proc, input_text, timeout, never_kill):
+    """(stdout, stderr, timed_out). A child that may be killed is, on timeout or interruption; one
+    that may not is waited for, and the interruption (KeyboardInterrupt from a signal) re-raised after."""
+    interrupted = None
+    timed_out = False
+    deadline = None if timeout is None else time.monotonic() + timeout
+    first = True
+    while True:
+        try:
+            remaining = None if deadline is None or timed_out else max(0.0, deadline - time.monotonic())
+            stdout, stderr = proc.communicate(input_text if first else None, timeout=remaining)
+            break
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            if not never_kill:
+                _kill(proc)
+                stdout, stderr = proc.communicate()
+                break
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit raised by a signal handler
+            if not never_kill:
+                _kill(proc)
+                proc.communicate()
+                raise
+            interrupted = interrupted or exc
+        finally:
+            first = False
+    if interrupted is not None:
+        raise interrupted
+    return stdout or "", stderr or "", timed_out
+
+
+def _kill(proc):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the group is the child and its children
+    except OSError:
+        proc.kill()
 
 
 def settle(timeout=10):

@@ -35,7 +35,7 @@ class Config:
     partition: str = "auto"  # "auto", "whole" (= "0", as `list` shows it) or a partition number >= 1
     filesystems: list = dataclasses.field(default_factory=lambda: ["ext4", "ext3"])
     mount_root: str = "/var/lib/domu-snapshot/mnt"
-    lock_file: str = "/run/lock/domu-snapshot.lock"
+    lock_file: str = "/run/domu-snapshot/lock"  # in a root-only directory (lock.py)
     lock_timeout: float = 60.0
     quiesce: str = "auto"
     libvirt_uri: str = ""

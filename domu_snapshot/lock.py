@@ -1,8 +1,14 @@
-"""One run at a time: an flock on a lock file that names the holder's pid."""
+"""One run at a time: an flock on a lock file that names the holder's pid.
+
+The lock lives in a directory only root can write (default /run/domu-snapshot/): in a
+world-writable one (/run/lock) any user could pre-create the file (no backup runs) or plant a
+symlink to a file root would then write.
+"""
 
 import errno
 import fcntl
 import os
+import stat
 import time
 
 from .errors import LockBusy
@@ -14,9 +20,45 @@ class RunLock:
         self.timeout = timeout
         self._fd = None
 
+    def _refuse(self, why):
+        return LockBusy(f"cannot take the run lock {self.path}: {why}")
+
+    def _open_directory(self):
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.mkdir(directory, 0o755)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise self._refuse(f"cannot create {directory}: {exc.strerror}; create it (root, mode 0755)") from None
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise self._refuse(f"{directory} is not a directory ({exc.strerror}); remove it") from None
+        info = os.fstat(fd)
+        group_writable = info.st_mode & stat.S_IWGRP and info.st_gid != 0
+        if info.st_uid != os.geteuid() or info.st_mode & stat.S_IWOTH or group_writable:
+            os.close(fd)
+            raise self._refuse(
+                f"{directory} is owned by uid {info.st_uid} with mode {stat.S_IMODE(info.st_mode):04o}; it must be "
+                f"owned by root and writable by root only (another user could replace the lock). "
+                f"Remove it, or set lock_file to a path in a root-only directory")
+        return fd
+
     def acquire(self):
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        dir_fd = self._open_directory()
+        name = os.path.basename(self.path)
+        try:
+            # No O_TRUNC: the holder's pid stays readable until we hold the lock.
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        except OSError as exc:
+            raise self._refuse(f"{exc.strerror}; remove it if it is not a plain file") from None
+        finally:
+            os.close(dir_fd)
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            os.close(fd)
+            raise self._refuse(f"it is not a plain file owned by root (uid {info.st_uid}); remove it")
         deadline = time.monotonic() + self.timeout
         while True:
             try:
@@ -25,25 +67,28 @@ class RunLock:
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
-                    raise
+                    raise self._refuse(exc.strerror) from None
                 if time.monotonic() >= deadline:
-                    holder = self.holder()
+                    holder = _read_pid(fd)
                     os.close(fd)
                     raise LockBusy(
                         f"another domu-snapshot run (pid {holder or 'unknown'}) holds {self.path}; "
                         f"waited {self.timeout:.0f} s. Wait for it to finish, or check that pid")
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
     def holder(self):
         try:
-            with open(self.path, encoding="ascii", errors="replace") as handle:
-                return handle.read().strip()
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return ""
+        try:
+            return _read_pid(fd)
+        finally:
+            os.close(fd)
 
     def release(self):
         if self._fd is not None:
@@ -57,3 +102,8 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _read_pid(fd):
+    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    return text if text.isdigit() else ""

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import zlib
 
+from . import commands
 from .errors import ProbeError
 
 EXT_TYPES = ("ext2", "ext3", "ext4")
@@ -178,21 +179,31 @@ def _python():
     exe = sys.executable or ""
     if os.path.basename(exe).startswith("python") and os.access(exe, os.X_OK):
         return exe
-    return shutil.which("python3") or "/usr/bin/python3"
+    return shutil.which("python3", path=commands.TOOL_PATH) or "/usr/bin/python3"
+
+
+# -I: no cwd, PYTHONPATH or user site on sys.path (a json.py planted there would run as root);
+# the package is found through the directory passed explicitly (a venv, or bareos' module_path).
+_CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from domu_snapshot.partitions import main; sys.exit(main(sys.argv[2:]))"
+
+
+def probe_argv(path):
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return [_python(), "-I", "-c", _CHILD, package_parent, path]
 
 
 def probe_isolated(path, timeout=60):
     """`probe(path)` in a child process; ProbeError if it fails or crashes."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    argv = [_python(), "-m", "domu_snapshot.partitions", path]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, errors="replace", env=env,
+        proc = subprocess.run(probe_argv(path), capture_output=True, text=True, errors="replace",
+                              env=commands.child_environment(), cwd="/", start_new_session=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise ProbeError(f"reading the partition table of {path} took more than {timeout} s",
                          "the table may be malformed; choose the partition with partition=N or exclude the guest") from None
+    except OSError as exc:
+        raise ProbeError(f"the partition-table reader could not start ({exc})",
+                         "set DOMU_SNAPSHOT_PROBE_PYTHON to a python3 with pyparted") from None
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
         raise ProbeError(f"the partition-table reader crashed ({name}) on {path}: the table is malformed",

@@ -18,6 +18,7 @@ the guest.
 """
 
 import dataclasses
+import math
 import os
 import threading
 import time
@@ -328,6 +329,7 @@ class QuiesceResult:
     overrun: bool = False  # the watchdog released the guest before the snapshots were done
     degraded: bool = False  # less than asked for (auto fell back, window exceeded): worth a warning
     value: object = None  # what the snapshot callable returned
+    agent_timeout: object = None  # seconds libvirt waits for the guest agent, when we could set it
 
     def summary(self):
         text = self.level
@@ -461,6 +463,15 @@ def _classify(state):
     if state == _PAUSED:
         return "paused"
     return "quiet"  # shut off, crashed, suspended by the guest: its disks do not change
+
+
+class _NoAnswer(Exception):
+    """libvirt did not return from a freeze or suspend within its bound."""
+
+
+# How much longer than the window a freeze/suspend call is waited for: libvirt's own agent
+# timeout (set to the window) normally answers first.
+ENGAGE_GRACE = 5.0
 
 
 class _Hold:
@@ -611,6 +622,7 @@ class _Hold:
         lv = _libvirt()
         res, dom = self.result, self._dom
         if level == "agent":
+            self._bound_agent()
             engage, self._release_fn = dom.fsFreeze, self._thaw
         else:
             engage, self._release_fn = dom.suspend, self._resume
@@ -621,10 +633,11 @@ class _Hold:
         self._watchdog.start()
         self._started = time.monotonic()
         try:
-            count = engage()
-        except lv.libvirtError as exc:
+            count = self._bounded(engage, self._release_fn, self.q.window + ENGAGE_GRACE)
+        except (lv.libvirtError, _NoAnswer) as exc:
             self._done.set()
-            self._best_effort_undo()
+            if not isinstance(exc, _NoAnswer):
+                self._best_effort_undo()  # (after no answer, the call's own thread undoes it if it lands)
             self._release_fn = None
             if res.requested == "auto":
                 res.level, res.degraded = "none", True
@@ -640,6 +653,59 @@ class _Hold:
         if res.overrun:
             # The freeze returned after the watchdog had already thawed: undo it again now.
             self._release("late freeze", force=True)
+
+    def _bounded(self, call, undo, seconds):
+        """call() in a thread of its own, waited for `seconds` at most: without a libvirt agent
+        timeout a hung agent would hold this guest, and the run lock, for ever. A call that
+        succeeds after we stopped waiting is undone (`undo`) by that thread."""
+        box, lock, finished = {}, threading.Lock(), threading.Event()
+
+        def worker():
+            try:
+                box["value"] = call()
+            except BaseException as exc:  # noqa: BLE001 -- handed to the waiting thread
+                box["error"] = exc
+            with lock:
+                box["done"] = True
+                late = box.get("abandoned") and "error" not in box
+            finished.set()
+            if late:
+                for _ in range(RELEASE_ATTEMPTS):
+                    try:
+                        undo()
+                        break
+                    except Exception:  # noqa: BLE001 -- retried, then only logged
+                        time.sleep(RELEASE_DELAY)
+                else:
+                    self.q.log("error", f"{self.guest}: a late {getattr(call, '__name__', 'freeze')} of domain "
+                                        f"{self.domain_name} could not be undone: check it (virsh domfsthaw / resume)")
+
+        threading.Thread(target=worker, name=f"quiesce-call-{self.guest}", daemon=True).start()
+        try:
+            finished.wait(seconds)
+        finally:
+            with lock:
+                if not box.get("done"):
+                    box["abandoned"] = True
+        if not box.get("done"):
+            raise _NoAnswer(f"no answer within {seconds:g} s; it is undone if it lands later")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _bound_agent(self):
+        """libvirt's default agent timeout can be unbounded: a hung agent would hold the guest (and
+        the run lock) for ever. Bound every agent call of this domain by the window (libvirt >= 5.10;
+        the setting stays on the running domain)."""
+        lv = _libvirt()
+        seconds = max(1, int(math.ceil(self.q.window)))
+        try:
+            self._dom.agentSetResponseTimeout(seconds, 0)
+            self.result.agent_timeout = seconds
+        except (AttributeError, lv.libvirtError):
+            self.result.agent_timeout = None  # older libvirt, or a driver without it (test:///, xen)
+            # libvirt-python builds each later error's message from the thread's last error
+            getattr(lv, "virResetLastError", lambda: None)()
 
     def _watch(self):
         if not self._done.wait(self.q.window):

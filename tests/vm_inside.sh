@@ -30,9 +30,20 @@ if [ -s "$run_dir/env" ]; then
 fi
 export PYTEST_ADDOPTS="-p no:cacheprovider ${PYTEST_ADDOPTS:-}"    # no .pytest_cache in the repo
 
-for mod in loop dm-mod dm-snapshot dm-thin-pool dm-flakey; do
+# A first modprobe on a fresh machine has segfaulted once (the next run passed): retry once, and
+# show the kernel's last words when it fails again.
+load_module() {
+    local mod=$1 err
     # loop may be built in; only a module that is neither loaded nor built in is an error
-    modprobe "$mod" 2>/dev/null || [ -e "/sys/module/${mod//-/_}" ] || fail_setup "modprobe $mod"
+    modprobe "$mod" 2>/dev/null || [ -e "/sys/module/${mod//-/_}" ] && return 0
+    sleep 1
+    err=$(modprobe "$mod" 2>&1) || [ -e "/sys/module/${mod//-/_}" ] && return 0
+    echo "vm: modprobe $mod failed twice: $err; the kernel's last lines:" >&2
+    dmesg 2>&1 | tail -n 20 >&2
+    fail_setup "modprobe $mod"
+}
+for mod in loop dm-mod dm-snapshot dm-thin-pool dm-flakey; do
+    load_module "$mod"
 done
 [ -e /dev/mapper/control ] || fail_setup "no /dev/mapper/control after modprobe dm-mod"
 

@@ -561,3 +561,54 @@ def test_default_uri_with_a_daemon_socket_connects(tmp_path, monkeypatch):
     monkeypatch.setitem(quiesce._libvirt_module, "mod", None)     # as if libvirt-python were missing
     q = quiesce.Quiescer("")
     assert q.unavailable == "libvirt-python is not installed"
+
+
+class BoundRecorder(Recorder):
+    """The test driver has no agent timeout (and cannot hang an agent): record the call instead."""
+
+    def agentSetResponseTimeout(self, seconds, flags):
+        self._events.append(("agentSetResponseTimeout", seconds, flags))
+        return 0
+
+
+def test_agent_calls_are_bounded_by_the_window_before_the_freeze(node):
+    events = []
+    q, conn = quiescer(node(domain_xml("web", ["/dev/vg0/a"])), events, window=2.5)
+    q._conn.lookupByName = lambda name: BoundRecorder(conn.lookupByName(name), events)
+    res = q.run("web", "web", "agent", lambda: events.append("lvcreate"))
+    assert events == [("agentSetResponseTimeout", 3, 0), "fsFreeze", "lvcreate", "fsThaw"]
+    assert res.agent_timeout == 3 and res.level == "agent"
+
+
+def test_a_driver_without_agent_timeouts_still_freezes(node):
+    """libvirt's test driver answers virDomainAgentSetResponseTimeout with "not supported"."""
+    events = []
+    q, conn = quiescer(node(domain_xml("web", ["/dev/vg0/a"])), events)
+    res = q.run("web", "web", "agent", lambda: events.append("lvcreate"))
+    assert events == ["fsFreeze", "lvcreate", "fsThaw"]
+    assert res.agent_timeout is None and res.level == "agent"
+    assert thawed(conn, "web")
+
+
+def test_a_freeze_that_never_answers_does_not_hold_the_run(node, monkeypatch):
+    """A hung agent (the test driver cannot hang one: the call is delayed past the bound): the
+    guest gets its fallback, and the freeze that lands later is thawed by its own thread."""
+    monkeypatch.setattr(quiesce, "ENGAGE_GRACE", 0.2)
+    events = []
+    q, conn = quiescer(node(domain_xml("web", ["/dev/vg0/a"])), events, window=0.1, delay={"fsFreeze": 1.5})
+    started = time.monotonic()
+    res = q.run("web", "web", "auto", lambda: events.append("lvcreate"))
+    assert time.monotonic() - started < 1.2
+    assert res.level == "none" and res.degraded and "no answer within 0.3 s" in res.note
+    time.sleep(2.0)
+    assert events[-2:] == ["fsFreeze", "fsThaw"] and "lvcreate" in events
+    assert thawed(conn, "web")
+
+
+def test_explicit_agent_that_never_answers_fails_the_guest(node, monkeypatch):
+    monkeypatch.setattr(quiesce, "ENGAGE_GRACE", 0.2)
+    q, conn = quiescer(node(domain_xml("web", ["/dev/vg0/a"])), window=0.1, delay={"fsFreeze": 1.0})
+    with pytest.raises(GuestError, match=r"fsFreeze of web: no answer within 0.3 s"):
+        q.run("web", "web", "agent", lambda: None)
+    time.sleep(1.5)
+    assert thawed(conn, "web")

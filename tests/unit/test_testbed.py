@@ -229,3 +229,36 @@ def test_junit_summary(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "host: 4 passed, 1 failed, 0 skipped in 2s"
     assert lines[-1] == "total: 4 passed, 2 failed"
+
+
+def _load_module_script(tmp_path, modprobe_script):
+    """vm_inside.sh's load_module with a stand-in modprobe and dmesg first on PATH."""
+    script = vmbed.INSIDE_SCRIPT.read_text()
+    start = script.index("fail_setup() {")
+    body = script[start:script.index("\n}\n", start) + 3]
+    start = script.index("load_module() {")
+    body += script[start:script.index("\n}\n", start) + 3]
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, text in (("modprobe", modprobe_script), ("dmesg", "echo kernel said: oops"),
+                       ("sleep", "true")):
+        (bindir / name).write_text("#!/bin/sh\n" + text + "\n")
+        (bindir / name).chmod(0o755)
+    test = tmp_path / "t.sh"
+    test.write_text(f"exit_file={tmp_path}/exit-code\n{body}\nload_module dm-nosuch\necho loaded\n")
+    return subprocess.run(["bash", str(test)], capture_output=True, text=True,
+                          env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))
+
+
+def test_a_modprobe_that_fails_once_is_retried(tmp_path):
+    count = tmp_path / "count"
+    p = _load_module_script(tmp_path, f'echo x >> {count}; [ $(wc -l < {count}) -ge 2 ] || kill -SEGV $$')
+    assert p.returncode == 0 and "loaded" in p.stdout, p.stderr
+    assert count.read_text() == "x\nx\n"
+
+
+def test_a_modprobe_that_fails_twice_shows_the_kernel_log(tmp_path):
+    p = _load_module_script(tmp_path, 'echo "modprobe: FATAL: no dm-nosuch" >&2; exit 1')
+    assert p.returncode == 125 and "loaded" not in p.stdout
+    assert "modprobe dm-nosuch failed twice: modprobe: FATAL: no dm-nosuch" in p.stderr
+    assert "kernel said: oops" in p.stderr and "vm: set-up failed: modprobe dm-nosuch" in p.stderr

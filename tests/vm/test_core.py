@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from domu_snapshot import commands
 from tests import guestdisks
 
 pytestmark = pytest.mark.vm
@@ -187,7 +188,7 @@ def _wrap(tmp_path, tool, script):
     wrapper.write_text(f"#!/bin/sh\nREAL={real}\n{script}\n")
     wrapper.chmod(0o755)
     env = dict(os.environ)
-    env["PATH"] = f"{wrapper.parent}:{env['PATH']}"
+    env["DOMU_SNAPSHOT_TOOL_PATH"] = f"{wrapper.parent}:{commands.TOOL_PATH}"  # tools are not looked up on PATH
     return env
 
 

@@ -19,7 +19,7 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
-from domu_snapshot import quiesce  # noqa: E402
+from domu_snapshot import commands, quiesce  # noqa: E402
 from domu_snapshot.config import Config  # noqa: E402
 from domu_snapshot.lifecycle import GuestResult, Runner  # noqa: E402
 from tests.guestdisks import compare_tree  # noqa: E402
@@ -113,6 +113,7 @@ def events(tmp_path, monkeypatch):
         """))
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv(commands.TOOL_PATH_ENV, f"{bindir}:{commands.TOOL_PATH}")  # the core's tool lookup
     # A wrapper the kernel cannot exec is skipped silently by the PATH search: make sure it runs.
     probe = subprocess.run(["lvcreate", "--version"], capture_output=True, text=True)
     assert probe.returncode == 0 and log.read() == ["lvcreate --version"], probe.stderr
