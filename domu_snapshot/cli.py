@@ -12,7 +12,7 @@ import signal
 import sys
 import syslog
 
-from . import commands, loop, lvm, mount, partitions
+from . import commands, loop, mount, partitions
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, load_config
 from .errors import DomuError, LockBusy, ProbeError
