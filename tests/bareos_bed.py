@@ -197,6 +197,16 @@ def edit_marked(text: str, values: dict) -> str:
     return "\n".join(out)
 
 
+def unmarked_changes(original: str, edited: str) -> list[str]:
+    """Lines of `edited` that differ from `original` on a line without an `# EDIT` mark (what the
+    bed runs must be the example itself); [] when only marked lines changed."""
+    a, b = original.split("\n"), edited.split("\n")
+    if len(a) != len(b):
+        return [f"line count {len(b)}, the example has {len(a)}"]
+    return [f"line {n}: {x!r} -> {y!r}" for n, (x, y) in enumerate(zip(a, b), 1)
+            if x != y and (x.lstrip().startswith("#") or not _MARK.search(x))]
+
+
 def resource_blocks(text: str, kind: str) -> list[str]:
     """The top-level resources of one kind (`Job`, `FileSet`, `Client`) of a config text, each
     from its opening line to its closing brace, as written."""
@@ -292,10 +302,11 @@ class Bareos:
     CATALOG, RESTORE_JOB = "bed-catalog", "bed-restore"
 
     def __init__(self, workdir, *, plugin_values: dict | None = None, helpers_values: dict | None = None,
-                 extra_jobs: list[str] = (), fd_env: dict | None = None, log=print):
+                 variants: dict | None = None, extra_jobs: list[str] = (), fd_env: dict | None = None, log=print):
         self.work = Path(workdir).resolve()
         self.plugin_values = plugin_values
         self.helpers_values = helpers_values
+        self.variants = dict(variants or {})      # Job name -> (example Job name, [added directives])
         self.extra_jobs = list(extra_jobs)
         self.fd_env = dict(fd_env or {})
         self.log = log
@@ -395,17 +406,25 @@ class Bareos:
                 continue
             text = example.read_text()
             edited = edit_marked(text, self.example_values(text, chosen))
+            changed = unmarked_changes(text, edited)
+            if changed:
+                raise BareosError(f"{example.name}: unmarked lines changed: {changed}")
             parts.append(f"# ---- {example.relative_to(REPO)}, EDIT lines replaced\n" + "\n\n".join(
                 resource_blocks(edited, "FileSet") + resource_blocks(edited, "Job")))
             for job in resource_blocks(edited, "Job"):
                 name = re.search(r'^\s*Name\s*=\s*"?([^"\n]+?)"?\s*$', job, re.M).group(1)
                 self.job_texts[name] = job
+        for name, (base, extra) in self.variants.items():
+            parts.append(variant_job(self.job_texts[base], name, extra))
         parts += self.extra_jobs
         return "\n\n".join(parts)
 
     def fd_client_resource(self) -> str:
         text = CLIENT_EXAMPLE.read_text()
         edited = edit_marked(text, self.example_values(text, {}))
+        changed = unmarked_changes(text, edited)
+        if changed:
+            raise BareosError(f"{CLIENT_EXAMPLE.name}: unmarked lines changed: {changed}")
         [client] = resource_blocks(edited, "Client")
         w = self.work
         return merge_into(client, [f"FDport = {self.ports['fd']}", "FDAddress = 127.0.0.1",
