@@ -325,6 +325,9 @@ class Bareos:
     def start(self) -> "Bareos":
         self.work.mkdir(parents=True, exist_ok=True)
         os.chmod(self.work, 0o755)          # postgres must reach its data directory below
+        closed = [str(d) for d in self.work.parents if not os.stat(d).st_mode & 0o001]
+        if closed:
+            raise BareosError(f"user postgres cannot reach {self.work} (not searchable: {', '.join(closed)})")
         t0 = time.monotonic()
         self.inst = locate(self.work)
         self.timings["locate"] = time.monotonic() - t0
