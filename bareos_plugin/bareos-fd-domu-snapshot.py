@@ -20,15 +20,30 @@ first. Paths are the real paths under the mount root, so the catalog matches hel
 
 Entries: directories FT_DIREND after their contents (link = path + "/"), regular files FT_REG (data
 read by the file daemon itself from the descriptor returned by IO_OPEN, "in core"), empty files
-FT_REGE, symlinks FT_LNK (target from readlink, never followed), fifos FT_FIFO; stat values from
-lstat. Device nodes and sockets are not saved: the guest mount is nodev, and a restore would create
+FT_REGE, symlinks FT_LNK (target from readlink, never followed), fifos FT_SPEC (recreated by the
+file daemon with mkfifo; FT_FIFO would make it read from the fifo); stat values from lstat. Device nodes and sockets are not saved: the guest mount is nodev, and a restore would create
 live device files on the host; each guest's M_WARNING line counts and names them. Names (and
 symlink targets) that are not valid UTF-8 cannot pass the file daemon's API: each is reported in an
 M_ERROR job message with its bytes, and counted. Hard links are left to the file daemon (nlink > 1,
 keyed by st_dev/st_ino): st_dev is replaced by a number unique to each guest disk in this job, as
 loop devices are reused from one guest to the next and would otherwise make unrelated files of two
 guests look like hard links of one another. Each guest ends with one M_INFO line: partition and
-offset, journal result, entries and bytes, snapshot peak use, time.
+offset, journal result, entries walked, files read by the file daemon (in an Incremental only the
+changed ones), snapshot peak use, time. Notes that are no fault (no libvirt on the host, a guest
+skipped by design) are M_INFO, so a job that saved every guest ends "Backup OK".
+
+Job status: a guest that was not backed up completely (prepare failed, its walk broke, its
+snapshot overflowed, teardown failed) is an M_ERROR when it happens; once every other guest was
+saved the job ends with one M_FATAL naming the lost guests, so its JobStatus is f ("Backup
+Error"). The file daemon sends an entry's attributes before its data, so the catalog holds
+entries of a half-read guest without their data; restores of the latest state and the next
+Incremental's base use only jobs that ended T or W, so the lost guest's last good versions stay
+current. A job that selects no guest fails the same way (unless allow_empty is set).
+
+Options: the FileSet's string arrives first; a Job's "FD Plugin Options" (bEventNewPluginOptions)
+override it key by key; the FileSet's string arriving again at the backup command changes
+nothing. `estimate` sends no bEventStartBackupJob: the walk then starts at the first
+start_backup_file.
 
 Extended attributes: get_xattr hands over every attribute of each entry (llistxattr/lgetxattr,
 never through a symlink), one per call with bRC_More: user.*, trusted.*, security.* (SELinux
@@ -47,9 +62,11 @@ did not send. They are reported deleted (bRC_OK) only when they lie below a gues
 completed; below a guest that failed, overflowed or was not read completely they are reported as
 seen (bRC_Seen) so that their last good versions stay current.
 
-Restore goes through the file daemon (create_file answers CF_CORE) into `where`; entries whose path
-would leave `where` (.. components, symlinks in the restored tree) are refused, and a restore to the
-original paths (no `where`) is refused. python-fd does not pass the create_status set in
+Restore goes through the file daemon (create_file answers CF_CORE) into `where`, or with a
+regexwhere (bconsole strip_prefix/add_prefix) below its add_prefix: `where` is empty then and the
+names arrive rewritten. Entries whose path would leave that directory (.. components, symlinks in
+the restored tree) are refused; a restore to the original paths (no `where`), or a regexwhere
+without an add_prefix, is refused. python-fd does not pass the create_status set in
 set_file_attributes back to the file daemon, so the plugin applies owner, mode and times itself.
 A restore never touches LVs.
 
@@ -106,10 +123,37 @@ def parse_options(text):
             known = ", ".join(sorted(CORE_OPTIONS + PLUGIN_OPTIONS))
             raise DomuError(f"unknown plugin option {key!r} (known: {known})")
         options[key] = value.replace("\\:", ":")
+    check_options(options)
+    return options
+
+
+def check_options(options):
     mode = options.get("prepare", "each")
     if mode not in PREPARE_MODES:
         raise DomuError(f"prepare must be 'each' or 'all', not {mode!r}")
-    return options
+
+
+class Options:
+    """The plugin's options as python-fd hands them over: first the FileSet's string, then (for
+    a Job with "FD Plugin Options") the override string alone through bEventNewPluginOptions,
+    then the FileSet's string again at each backup/restore command. The override replaces only
+    the keys it names; the FileSet's string coming back does not undo it."""
+
+    def __init__(self):
+        self.fileset_text = None
+        self.fileset = {}
+        self.overrides = {}
+
+    def parse(self, text):
+        """Parse one string; returns the effective options. Raises DomuError."""
+        parsed = parse_options(text)
+        if self.fileset_text is None:
+            self.fileset_text, self.fileset = text, parsed
+        elif text != self.fileset_text:
+            self.overrides.update(parsed)
+        options = {**self.fileset, **self.overrides}
+        check_options(options)
+        return options
 
 
 def config_overrides(options):
@@ -227,7 +271,10 @@ def classify(path, st):
     if fmt == _S_IFLNK:
         return bareosfd.FT_LNK, os.readlink(path), True
     if fmt == _S_IFIFO:
-        return bareosfd.FT_FIFO, "", True
+        # FT_SPEC: the file daemon recreates it with mkfifo. FT_FIFO would mean "read the data
+        # flowing through this fifo": a restore then opens the new fifo for writing and waits
+        # for a reader for ever (findlib/create_file.cc).
+        return bareosfd.FT_SPEC, "", True
     return None, _NOT_SAVED.get(fmt, "unknown file type"), True
 
 
@@ -238,6 +285,9 @@ class GuestStats:
         self.bad_names = 0
         self.skipped = []          # (path, why) of device nodes, sockets, ...
         self.unreadable = 0
+        self.files_read = 0        # opened by the file daemon for their data
+        self.bytes_read = 0
+        self.read_errors = 0       # open or read failed: the entry went out without (all) data
         self.started = time.monotonic()
         self._linked = set()
 
@@ -359,11 +409,33 @@ def stat_packet(st, dev=None):
 
 # --- restore path checks ----------------------------------------------------------------------------
 
-def restore_path_problem(path, where, mount_root=None):
-    """Why writing `path` during a restore to `where` is refused, or None when it is fine."""
+# bconsole's add_prefix=DIR becomes the regexwhere expression !^!DIR! (lib/breg.cc, with "!" and
+# "\\" escaped by a backslash); strip_prefix and add_suffix become others, joined by commas.
+_ADD_PREFIX = re.compile(r"!\^!((?:[^!\\]|\\.)*)!")
+
+
+def restore_target(where, regexwhere):
+    """(the directory a restore writes below, or "" with the reason it is refused)."""
+    if regexwhere:
+        # `where` is empty then and the file daemon hands over names already rewritten; the
+        # only directory they are known to stay in is an add_prefix
+        prefixes = _ADD_PREFIX.findall(regexwhere)
+        if not prefixes:
+            return "", (f"regexwhere={regexwhere} has no add_prefix: restored files could land "
+                        f"anywhere on this host (a strip_prefix alone writes over the host's own "
+                        f"paths); restore with add_prefix=DIR or where=DIR")
+        where = re.sub(r"\\(.)", r"\1", prefixes[-1])
     if not where or os.path.normpath(where) == "/":
-        return ("restoring to the original paths is refused: they are the snapshot mount points; "
-                "restore with where= a directory")
+        return "", ("restoring to the original paths is refused: they are the snapshot mount "
+                    "points; restore with where= a directory")
+    return where, None
+
+def restore_path_problem(path, where, mount_root=None, regexwhere=""):
+    """Why writing `path` during a restore to `where` (or through `regexwhere`) is refused, or
+    None when it is fine."""
+    where, refused = restore_target(where, regexwhere)
+    if refused:
+        return refused
     base = os.path.normpath(where)
     if mount_root:
         root = os.path.normpath(mount_root)
@@ -401,6 +473,7 @@ def restore_path_problem(path, where, mount_root=None):
 class Plugin:
     def __init__(self):
         self.options = {}
+        self.option_layers = Options()
         self.cfg = None
         self.runner = None
         self.run_lock = None
@@ -420,6 +493,10 @@ class Plugin:
         self.incomplete = []         # directories not read completely
         self.dev_ids = {}            # mount path -> st_dev stand-in
         self.failures = 0
+        self.lost = []               # names of guests not (completely) backed up in this job
+        self.started = False         # start_backup ran (bEventStartBackupJob, or estimate)
+        self.finished = False        # the end-of-job report was made
+        self.stats = None            # GuestStats of the guest being read
 
     # messages -----------------------------------------------------------------------------------
     def job(self, level, text):
@@ -429,12 +506,23 @@ class Plugin:
         bareosfd.DebugMessage(level, f"{PLUGIN}: {text}\n")
 
     def runner_log(self, level, message):
-        """The Runner's log: warnings go to the job log, the rest to the debug log (the plugin
-        reports each guest's result and failure itself)."""
-        if str(level).lower() in ("warning", "warn"):
+        """The Runner's log: warnings and notes go to the job log (a note, e.g. "no libvirt on
+        this host", is M_INFO: an M_WARNING would make every such job end "OK -- with
+        warnings", and a job that lost a guest would look like any other night); the rest goes
+        to the debug log (the plugin reports each guest's result and failure itself)."""
+        level = str(level).lower()
+        if level in ("warning", "warn"):
             self.job(bareosfd.M_WARNING, str(message))
+        elif level == "info":
+            self.job(bareosfd.M_INFO, str(message))
         else:
             self.debug(f"[{level}] {message}", 50)
+
+    def lose(self, guest_name):
+        """Count a guest whose files this job did not save completely (see finish_job)."""
+        self.failures += 1
+        if guest_name not in self.lost:
+            self.lost.append(guest_name)
 
     # backup: start -------------------------------------------------------------------------------
     def start_backup(self):
@@ -442,6 +530,7 @@ class Plugin:
         from domu_snapshot.commands import CommandError
         from domu_snapshot.lifecycle import Runner
 
+        self.started = True
         level = bareosfd.GetValue(bareosfd.bVarLevel)
         self.level = chr(level) if isinstance(level, int) and level > 0 else "F"
         self.mode = self.options.get("prepare", "each")
@@ -508,17 +597,18 @@ class Plugin:
         if getattr(result, "held_by", ""):
             self.live.pop(guest.name, None)  # another job's snapshot: never ours to tear down
         if not result.ok:
-            self.failures += 1
+            self.lose(guest.name)
             self.job(bareosfd.M_ERROR, f"guest {guest.name}: NOT backed up: {result.error}")
         elif result.status == "skipped":
-            self.job(bareosfd.M_WARNING, f"guest {guest.name}: skipped: {'; '.join(result.notes)}")
+            # an inactive LV or a disk with swap only: nothing to save, by design
+            self.job(bareosfd.M_INFO, f"guest {guest.name}: skipped: {'; '.join(result.notes)}")
         else:
             for note in result.notes:
                 self.job(bareosfd.M_WARNING, f"guest {guest.name}: {note}")
         return result
 
     def guest_entries(self, guest, result):
-        stats = GuestStats()
+        stats = self.stats = GuestStats()
         finished = False
         try:
             if not result.ok or result.status == "skipped":
@@ -558,7 +648,7 @@ class Plugin:
                         break
                     except Exception as exc:  # e.g. the mount vanished: this guest only
                         self.roots[root] = "failed"
-                        self.failures += 1
+                        self.lose(guest.name)
                         report(bareosfd.M_ERROR, f"reading {root} failed after {stats.entries} "
                                                  f"entries: {exc}")
                         break
@@ -574,10 +664,12 @@ class Plugin:
         if not result.ok or result.status == "skipped":
             return
         if teardown is not None and not teardown.ok:
-            self.failures += 1
+            self.lose(guest.name)
             for disk in guest.disks:
                 self.roots[disk.mount_path] = "failed"
             self.job(bareosfd.M_ERROR, f"guest {guest.name}: backup NOT valid: {teardown.error}")
+        if stats.unreadable or stats.read_errors:
+            self.lose(guest.name)   # some of its files were not saved, or saved without data
         if not finished:
             for path, state in self.roots.items():
                 if state == "walking":
@@ -601,11 +693,17 @@ class Plugin:
                  if getattr(d, "peak_percent", None) is not None]
         seconds = (time.monotonic() - stats.started + float(result.seconds or 0)
                    + float(getattr(teardown, "seconds", 0) or 0))
-        parts = [f"guest {guest.name}: {disks}", f"{stats.entries} entries, {_size(stats.bytes)}"]
+        # what was sent: in an Incremental the file daemon reads only changed files, and a
+        # hard-linked file once
+        parts = [f"guest {guest.name}: {disks}",
+                 f"{stats.entries} entries ({_size(stats.bytes)}), {stats.files_read} files read "
+                 f"({_size(stats.bytes_read)})"]
         if stats.bad_names:
             parts.append(f"{stats.bad_names} not saved (names not UTF-8)")
         if stats.unreadable:
             parts.append(f"{stats.unreadable} unreadable")
+        if stats.read_errors:
+            parts.append(f"{stats.read_errors} read errors")
         parts.append(f"snapshot peak use {max(peaks):.1f}%" if peaks else "snapshot peak use unknown")
         if result.quiesce and result.quiesce != "none":
             freeze = f" {result.freeze_ms:.0f} ms" if result.freeze_ms is not None else ""
@@ -668,11 +766,41 @@ class Plugin:
             self.debug("cancel: busy, teardown follows at EndBackupJob")
 
     def advance(self):
-        """The next Entry, or None."""
+        """The next Entry, or None (then the job's report is made)."""
         with self.lock:
             if self.canceled or self.entries is None:
                 return None
-            return next(self.entries, None)
+            entry = next(self.entries, None)
+        if entry is None:
+            self.finish_job()
+        return entry
+
+    def finish_job(self):
+        """Once every guest was read: a job that lost a guest fails (M_FATAL).
+
+        The file daemon sends an entry's attributes before its data, so a guest that failed
+        half-way (snapshot overflow, read errors, a broken walk) has new catalog versions of
+        its files with no or partial data. Bareos builds restores of the latest state and the
+        next Incremental's base from jobs that terminated OK or OK with warnings only (JobStatus
+        T/W, cats/dml uar_* and accurate queries), so failing the job keeps the failed guest's
+        last good versions current; and "Backup OK -- with warnings" is what a healthy host
+        without libvirt would show too. The other guests' files are in this job (restore them
+        with its jobid) and are sent again by the next Incremental."""
+        if self.finished or self.runner is None or self.canceled:
+            return
+        self.finished = True
+        self.teardown_all("end of the guests")  # all torn down already; frees the run lock
+        if self.lost:
+            self.job(bareosfd.M_FATAL,
+                     f"{len(self.lost)} of {len(self.guests)} guest(s) NOT backed up completely: "
+                     f"{', '.join(self.lost)} (see the errors above). The job is marked failed so "
+                     f"that their last good backup stays the current one; the other guests' files "
+                     f"are in this job. Fix the cause and run the job again")
+        elif not self.guests and not getattr(self.cfg, "allow_empty", False):
+            self.job(bareosfd.M_FATAL,
+                     f"no guest selected (prefix {self.cfg.prefix!r}, VGs "
+                     f"{', '.join(self.cfg.vgs) or 'all'}): nothing was backed up; check prefix, "
+                     f"vg and include, or set allow_empty = yes for a host that may have none")
 
     def close_fd(self):
         if self.fd >= 0:
@@ -744,9 +872,9 @@ def load_bareos_plugin(plugindef):
 
 def parse_plugin_definition(plugindef):
     try:
-        _plugin.options = parse_options(plugindef)
+        _plugin.options = _plugin.option_layers.parse(plugindef)
     except DomuError as exc:
-        _plugin.job(bareosfd.M_FATAL, str(exc))
+        _plugin.job(bareosfd.M_FATAL, f"plugin options: {exc}; nothing was snapshotted")
         return bareosfd.bRC_Error
     return bareosfd.bRC_OK
 
@@ -762,13 +890,15 @@ def handle_plugin_event(event):
 
 
 def start_backup_file(savepkt):
+    if not _plugin.started:
+        # `estimate` sends no bEventStartBackupJob (and python-fd keeps bEventEstimateCommand
+        # to itself): the walk starts here then
+        if _plugin.start_backup() != bareosfd.bRC_OK:
+            return bareosfd.bRC_Error
     entry = _plugin.next_entry or _plugin.advance()
     _plugin.next_entry = None
     if entry is None:
-        # Nothing to save at all (no guest, or none could be read). Bareos 23+ ends the plugin's
-        # part of the job here; 22.0 reports it as an error, which a job without guests is.
-        if _plugin.runner is not None and not _plugin.failures and not _plugin.canceled:
-            _plugin.job(bareosfd.M_WARNING, "no guest to back up")
+        # Nothing to save at all (no guest, or none could be read; finish_job said so).
         return bareosfd.bRC_Stop
     _plugin.current = entry
     savepkt.fname = entry.path
@@ -820,6 +950,9 @@ def plugin_io(iop):
     except OSError as exc:
         iop.io_errno = exc.errno or 0
         iop.status = -1
+        if func in (bareosfd.IO_OPEN, bareosfd.IO_READ) and _plugin.stats is not None \
+                and _plugin.current is not None:
+            _plugin.stats.read_errors += 1   # the entry's attributes are already on their way
         _plugin.job(bareosfd.M_ERROR, f"I/O on {iop.fname or _plugin.current}: {exc.strerror}")
         return bareosfd.bRC_Error
     iop.status = -1
@@ -857,12 +990,16 @@ def _open_for_backup(entry, fname):
     if st.st_mode & _S_IFMT != _S_IFREG or st.st_ino != entry.st.st_ino:
         os.close(fd)
         raise OSError(116, f"{entry.path} changed since it was listed")
+    stats = _plugin.stats
+    if stats is not None:
+        stats.files_read += 1
+        stats.bytes_read += st.st_size
     return fd
 
 
 def _open_for_restore(path):
     """A descriptor to write `path`, or None when the path is refused (reported)."""
-    problem = restore_path_problem(path, _restore_where(), _plugin.options.get("mount_root"))
+    problem = _restore_problem(path)
     if problem:
         _plugin.job(bareosfd.M_ERROR, f"restore refused: {problem}")
         return None
@@ -925,7 +1062,7 @@ class Xattrs:
         path = xattr.fname
         if not xattr.name or not path:
             return
-        if restore_path_problem(path, _restore_where(), _plugin.options.get("mount_root")):
+        if _restore_problem(path):
             return  # create_file refused this path and reported it
         name = bytes(xattr.name)
         value = bytes(xattr.value) if xattr.value is not None else b""
@@ -1003,9 +1140,14 @@ def restore_object_data(rop):
 
 # --- restore --------------------------------------------------------------------------------------
 
-def _restore_where():
-    where = bareosfd.GetValue(bareosfd.bVarWhere)
-    return where or ""
+def _restore_problem(path, restorepkt=None):
+    """restore_path_problem() for this job's where/regexwhere (from the packet when there is
+    one: the file daemon fills both there; GetValue otherwise)."""
+    where = (restorepkt.where if restorepkt is not None else "") \
+        or bareosfd.GetValue(bareosfd.bVarWhere) or ""
+    regexwhere = (restorepkt.regexwhere if restorepkt is not None else "") \
+        or bareosfd.GetValue(bareosfd.bVarRegexWhere) or ""
+    return restore_path_problem(path, where, _plugin.options.get("mount_root"), regexwhere)
 
 
 def start_restore_file(cmd):
@@ -1019,11 +1161,9 @@ def end_restore_file():
 
 
 def create_file(restorepkt):
-    where = restorepkt.where or _restore_where()
-    mount_root = _plugin.options.get("mount_root")
-    problem = restore_path_problem(restorepkt.ofname, where, mount_root)
+    problem = _restore_problem(restorepkt.ofname, restorepkt)
     if problem is None and restorepkt.type == bareosfd.FT_LNKSAVED:
-        problem = restore_path_problem(restorepkt.olname, where, mount_root)
+        problem = _restore_problem(restorepkt.olname, restorepkt)
     if problem:
         _plugin.job(bareosfd.M_ERROR, f"restore refused: {problem}")
         restorepkt.create_status = bareosfd.CF_ERROR
@@ -1035,8 +1175,7 @@ def create_file(restorepkt):
 def set_file_attributes(restorepkt):
     """Owner, mode and times: python-fd ignores a CF_CORE set here, so the core will not."""
     path = restorepkt.ofname
-    where = restorepkt.where or _restore_where()
-    problem = restore_path_problem(path, where, _plugin.options.get("mount_root"))
+    problem = _restore_problem(path, restorepkt)
     if problem:
         return bareosfd.bRC_OK  # create_file already refused and reported it
     st = restorepkt.statp

@@ -357,8 +357,11 @@ class Quiescer:
         """Say once per run that there is no libvirt (only where someone wanted it)."""
         if self._unavailable and not self._warned:
             self._warned = True
-            self.log("warning", f"quiesce: {self._unavailable}; guests with quiesce=auto get none, "
-                                "disks of one domain are not grouped and domain definitions are not saved")
+            # a host without libvirt (Xen with xl, a plain host) is a setup, not a fault: a note;
+            # a configured libvirt_uri that does not answer is worth a warning
+            self.log("warning" if self.uri else "info",
+                     f"quiesce: {self._unavailable}; guests with quiesce=auto get none, "
+                     "disks of one domain are not grouped and domain definitions are not saved")
 
     @property
     def unavailable(self):

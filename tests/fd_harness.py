@@ -26,6 +26,24 @@ as far as a plugin can observe it:
   ACL and xattr streams go to set_acl/set_xattr after set_file_attributes and IO_CLOSE for
   extracted files, at once for directories, and not at all for other entries, as restore.cc does.
 
+Made to do what bareos-fd 25.1.0 did in the real-daemon suite (tests/vm/test_bareos_real.py):
+the FileSet's HardLinks default is no (inc_conf.cc: FO_NO_HARDLINK unless "HardLinks = yes"),
+a Job's "FD Plugin Options" arrive as bEventNewPluginOptions with only the override string
+between bEventEndFileSet and bEventStartBackupJob, a restore with regexwhere has an empty
+`where` and rewritten names, an FT_FIFO restore would block for ever (a ProtocolError here),
+JobStatus is W after an M_ERROR or M_WARNING and f after an M_FATAL, estimate gets no
+bEventStartBackupJob, and each job imports the module afresh (its own sub-interpreter).
+
+Where it still differs from the real daemon:
+- regexwhere is applied with Python's `re`, not POSIX regcomp (the same for the strip_prefix,
+  add_prefix and add_suffix forms bconsole writes);
+- no catalog, volumes or director: JobFiles, "FD Files Written" and the restore's file selection
+  are the test's business; Catalog only answers the accurate list;
+- after an M_FATAL the real file daemon treats the job as canceled (IsJobCanceled): it skips the
+  deleted-file check (so does the harness) and sends no bEventJobEnd (the harness still does);
+- one Python interpreter for all jobs (the module is re-imported, but C extensions, threads and
+  sys.modules of the core stay), where bareos-fd makes a sub-interpreter per job.
+
 Everything the plugin says is recorded on the Job (messages, debug messages, SetValue calls, ...).
 The backup stream is kept in memory as a list of Record.
 """
@@ -34,6 +52,7 @@ import dataclasses
 import errno
 import importlib
 import os
+import re
 import stat
 import sys
 import traceback
@@ -192,7 +211,8 @@ class BackupResult:
     check_file_calls: list      # (fname, rc)
     events: list                # events delivered to Python, in order
     calls: list                 # entry points called, in order (name only)
-    status: str                 # "T" ok, "E" error, "f" fatal, "A" canceled
+    status: str                 # JobStatus: "T" ok, "W" ok with warnings (any M_ERROR or
+                                # M_WARNING), "f" fatal, "A" canceled
     cmd: str
 
     @property
@@ -226,9 +246,14 @@ class FileDaemon:
     """Plays bareos-fd for one plugin definition (a FileSet's `Plugin = "..."` string)."""
 
     def __init__(self, definition, fileset_flags=(), acl=True, xattr=True, client="test-fd",
-                 working_dir="/var/lib/bareos", keep_module_options=False):
+                 working_dir="/var/lib/bareos", keep_module_options=False, hardlinks=False,
+                 plugin_options=None):
         """`keep_module_options`: hand Python module_path/module_name too (Bareos 22..25 consume
-        them; a plugin should cope either way)."""
+        them; a plugin should cope either way). `hardlinks`: the FileSet's "HardLinks = yes"
+        (Bareos 25's default is no: inc_conf.cc sets FO_NO_HARDLINK unless told otherwise, and
+        then both names of a file are saved with data). `plugin_options`: a Job's "FD Plugin
+        Options" string (e.g. "python3:include=domu-a"), sent as bEventNewPluginOptions."""
+        self.plugin_options = plugin_options
         self.definition = definition
         self.module_path, self.module_name, self.options = split_definition(definition)
         if keep_module_options:
@@ -242,9 +267,12 @@ class FileDaemon:
             self.flags[FO_ACL >> 3] |= 1 << (FO_ACL & 7)
         if xattr:
             self.flags[FO_XATTR >> 3] |= 1 << (FO_XATTR & 7)
+        if not hardlinks:
+            self.flags[FO_NO_HARDLINK >> 3] |= 1 << (FO_NO_HARDLINK & 7)
         self.client = client
         self.working_dir = working_dir
         self.jobid = 0
+        self.regexwhere = ""
         self.module = None
         self.job = None
         self.calls = []
@@ -361,6 +389,14 @@ class FileDaemon:
                 status = "f"
                 return self._backup_result(level, records, [], unchanged, check_calls, status)
             self.event(bareosfd.bEventEndFileSet)
+            if self.plugin_options is not None:
+                # dird SendPluginOptions after the FileSet; python-fd parses the string after its
+                # first colon and hands Python only that (no handle_plugin_event for it)
+                _path, _name, override = split_definition(self.plugin_options)
+                self.events.append(bareosfd.bEventNewPluginOptions)
+                if self._call("parse_plugin_definition", override) != bareosfd.bRC_OK:
+                    status = "f"
+                    return self._backup_result(level, records, [], unchanged, check_calls, status)
             self.event(bareosfd.bEventStartBackupJob)
             if self._command_event(bareosfd.bEventBackupCommand) != bareosfd.bRC_OK:
                 status = "f"
@@ -368,7 +404,10 @@ class FileDaemon:
                 status = self._save_loop(level, accurate_list, seen, records, unchanged,
                                          cancel_after, max_entries)
             deleted = []
-            if accurate_list is not None and not self.job.canceled and status != "f":
+            # AccurateFinish: no deleted-file list once the job is canceled or failed
+            # (IsJobCanceled is true after an M_FATAL too)
+            if accurate_list is not None and not self.job.canceled and status != "f" \
+                    and not self.job.fatal:
                 for key in sorted(accurate_list):
                     if key in seen:
                         continue
@@ -381,9 +420,36 @@ class FileDaemon:
             self.event(bareosfd.bEventJobEnd, even_if_canceled=self._jobend_after_cancel)
             if self.job.canceled:
                 status = "A"
-            elif status == "T" and self.job.errors:
-                status = "E" if not self.job.fatal else "f"
+            elif status == "T" and self.job.fatal:
+                status = "f"
+            elif status == "T" and (self.job.errors or self.job.texts(bareosfd.M_WARNING)):
+                status = "W"   # lib/message.cc counts JobErrors/JobWarnings; dird: "OK -- with warnings"
             return self._backup_result(level, records, deleted, unchanged, check_calls, status)
+        finally:
+            self._end_job()
+
+    def estimate(self, level="F"):
+        """bconsole `estimate listing`: PluginEstimate (fd_plugins.cc). python-fd keeps
+        bEventEstimateCommand to itself (load + parse_plugin_definition) and no
+        bEventStartBackupJob is sent; then start_backup_file/end_backup_file until end_backup_file
+        says no more, no data read. Returns (the job, [(fname, type)])."""
+        self._start_job(level, "B")
+        listed = []
+        try:
+            if self._command_event(bareosfd.bEventEstimateCommand) != bareosfd.bRC_OK:
+                return self.job, listed
+            while not self.job.canceled:
+                sp = self._new_savepacket()
+                if self._call("start_backup_file", sp) != bareosfd.bRC_OK:
+                    break
+                if sp.type == 0:
+                    self.job.messages.append((bareosfd.M_FATAL, "no type in startBackupFile packet"))
+                    break
+                listed.append((sp.fname, sp.type))
+                if self._call("end_backup_file") != bareosfd.bRC_More:
+                    break
+            self.event(bareosfd.bEventJobEnd)
+            return self.job, listed
         finally:
             self._end_job()
 
@@ -649,11 +715,17 @@ class FileDaemon:
 
     # -- restore --------------------------------------------------------------------------------
 
-    def restore(self, records, where, replace="a", core_sets_attributes=False):
-        """Restore `records` (a backup's stream, or a selection of it) under `where`.
+    def restore(self, records, where, replace="a", core_sets_attributes=False, regexwhere=""):
+        """Restore `records` (a backup's stream, or a selection of it) under `where`, or with
+        `regexwhere` (what bconsole makes of strip_prefix/add_prefix/add_suffix: `where` is
+        then empty and the names arrive rewritten, as with bareos-fd 25).
 
         Returns the Job (messages) and a dict fname -> create status."""
+        if regexwhere:
+            where = ""
+        self.regexwhere = regexwhere
         self._start_job(" ", "R", where=where)
+        self.job.values[bareosfd.bVarRegexWhere] = regexwhere or None
         statuses = {}
         try:
             for record in records:
@@ -673,10 +745,10 @@ class FileDaemon:
             raise ProtocolError("restore command refused")
         if self._call("start_restore_file", self.definition) != bareosfd.bRC_OK:
             return "start_restore_file failed"
-        ofname = _join_where(where, record.fname)
+        ofname = _output_name(where, self.regexwhere, record.fname)
         olname = record.link
         if record.type == bareosfd.FT_LNKSAVED:
-            olname = _join_where(where, record.link)
+            olname = _output_name(where, self.regexwhere, record.link)
         try:
             status = self._create_and_fill(record, where, ofname, olname, replace,
                                            core_sets_attributes)
@@ -712,7 +784,7 @@ class FileDaemon:
                               type=record.type, file_index=record.file_index,
                               linkFI=record.link_fi, uid=record.stat["st_uid"], statp=statp,
                               attrEX="", ofname=ofname, olname=olname, where=where or "",
-                              regexwhere="", replace=ord(replace),
+                              regexwhere=self.regexwhere or "", replace=ord(replace),
                               create_status=bareosfd.CF_ERROR, filedes=-1)
 
     def _create_and_fill(self, record, where, ofname, olname, replace, core_sets_attributes):
@@ -810,7 +882,13 @@ class FileDaemon:
                 if in_core and iop.filedes < 0:
                     raise ProtocolError("IO_OPEN asked for in-core I/O without a descriptor")
                 return "extract", iop.filedes, in_core
-            if ftype == bareosfd.FT_FIFO or (ftype == bareosfd.FT_SPEC and stat.S_ISFIFO(mode)):
+            if ftype == bareosfd.FT_FIFO:
+                # create_file.cc: mkfifo, then bopen(O_WRONLY) to write the saved fifo data,
+                # which blocks until a reader comes: for ever (seen with bareos-fd 25)
+                raise ProtocolError(f"FT_FIFO restore of {ofname}: the file daemon opens the "
+                                    "new fifo for writing and waits for a reader for ever; "
+                                    "send plain fifos as FT_SPEC")
+            if ftype == bareosfd.FT_SPEC and stat.S_ISFIFO(mode):
                 os.mkfifo(ofname, stat.S_IMODE(mode))
                 return "created", None, False
             if ftype == bareosfd.FT_SPEC:
@@ -827,6 +905,25 @@ class FileDaemon:
             return "error", None, False
         self.job.messages.append((bareosfd.M_ERROR, f"unhandled type: {ftype}"))
         return "error", None, False
+
+
+def apply_regexwhere(regexwhere, fname):
+    r"""lib/breg.cc: `!from!to!flags` expressions, comma separated, applied in turn (`\!` and
+    `\\` escaped, `$1` groups in the replacement, flag i ignores case)."""
+    for expression in re.split(r"(?<!\\),", regexwhere):
+        sep = expression[0]
+        parts = re.split(r"(?<!\\)" + re.escape(sep), expression[1:])
+        pattern, replacement, flags = parts[0], parts[1], parts[2] if len(parts) > 2 else ""
+        unescape = lambda text: re.sub(r"\\(.)", r"\1", text)
+        replacement = re.sub(r"\$(\d)", r"\\\1", unescape(replacement))
+        fname = re.sub(unescape(pattern), replacement, fname, count=1,
+                       flags=re.IGNORECASE if "i" in flags else 0)
+    return fname
+
+
+def _output_name(where, regexwhere, fname):
+    """BuildAttrOutputFnames: regexwhere wins over where."""
+    return apply_regexwhere(regexwhere, fname) if regexwhere else _join_where(where, fname)
 
 
 def _join_where(where, fname):
@@ -1031,6 +1128,15 @@ def example_plugin_definition(module_path=None, **extra):
     for key, value in extra.items():
         definition += f":{key}={str(value).replace(':', chr(92) + ':')}"
     return definition
+
+
+def example_fileset_options():
+    """FileDaemon keywords for the Options block of etc/bareos/domu-snapshot-plugin.conf."""
+    text = (ETC_BAREOS / "domu-snapshot-plugin.conf").read_text()
+    def yes(directive, default):
+        values = config_values(text, directive)
+        return values[0].strip().lower() in ("yes", "true") if values else default
+    return {"hardlinks": yes("HardLinks", False), "xattr": yes("XattrSupport", True)}
 
 
 @dataclasses.dataclass

@@ -69,7 +69,7 @@ def assert_balanced(calls):
 
 def test_full_backup_and_restore_round_trip(monkeypatch, guests, tmp_path):
     calls = fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     result = fd.backup()
     assert result.status == "T", result.job.messages
     assert result.job.errors == []
@@ -87,7 +87,7 @@ def test_full_backup_and_restore_round_trip(monkeypatch, guests, tmp_path):
     assert by_name[f"{a}/etc/hostname.bak"].type == bareosfd.FT_LNKSAVED
     assert by_name[f"{a}/etc/hostname.bak"].link == f"{a}/etc/hostname"
     assert by_name[f"{a}/etc/localtime"].type == bareosfd.FT_LNK
-    assert by_name[f"{a}/run.fifo"].type == bareosfd.FT_FIFO
+    assert by_name[f"{a}/run.fifo"].type == bareosfd.FT_SPEC   # mkfifo on restore, no data
     assert by_name[a].type == bareosfd.FT_DIREND and by_name[a].link == a + "/"
     lines = info_lines(result)
     assert len(lines) == 2
@@ -105,7 +105,7 @@ def test_full_backup_and_restore_round_trip(monkeypatch, guests, tmp_path):
 
 def test_incremental_without_change_reads_nothing(monkeypatch, guests):
     fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     full = fd.backup()
     since = int(time.time()) + 1   # after every ctime of the trees
     incremental = fd.backup(level="I", since=since)
@@ -116,7 +116,7 @@ def test_incremental_without_change_reads_nothing(monkeypatch, guests):
 
 def test_incremental_after_changes_saves_exactly_those(monkeypatch, guests):
     fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     fd.backup()
     since = int(time.time()) + 1
     while time.time() < since + 1:  # the changes below must get a ctime >= since
@@ -134,26 +134,34 @@ def test_incremental_after_changes_saves_exactly_those(monkeypatch, guests):
 
 def test_accurate_incremental_marks_deleted_files_only_for_complete_guests(monkeypatch, guests):
     fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     catalog = Catalog().add(fd.backup())
     a, b = guests[0].trees[0], guests[1].trees[0]
     os.unlink(a / "etc" / "shadow")
     os.utime(a / "etc", (1_600_000_099, 1_600_000_099))  # a deletion changes the directory
     guests[1].prepare_error = ("journal replay", "e2fsck exit code 8")  # b fails this time
+    failed = fd.backup(level="I", accurate=True, catalog=catalog)
+    # a guest lost: the job fails, so the file daemon sends no deleted-file list at all
+    assert failed.status == "f" and failed.deleted == [] and failed.check_file_calls == []
+    guests[1].prepare_error = None
     incremental = fd.backup(level="I", accurate=True, catalog=catalog)
-    assert incremental.status == "E"
+    assert incremental.status == "T", incremental.job.messages
     assert incremental.deleted == [f"{a}/etc/shadow"]
-    checked = dict(incremental.check_file_calls)
-    assert checked[f"{a}/etc/shadow"] == bareosfd.bRC_OK
-    assert checked[f"{b}/etc/hostname"] == bareosfd.bRC_Seen      # failed guest: kept
-    assert checked[f"{b}/"] == bareosfd.bRC_Seen                   # directories come with "/"
+    assert dict(incremental.check_file_calls) == {f"{a}/etc/shadow": bareosfd.bRC_OK}
     # only the changed directory is saved again
     assert [r.fname for r in incremental.records] == [f"{a}/etc"]
+    # and check_file itself keeps what lies below a guest that failed, should it be asked
+    plugin = fd_harness.import_plugin()
+    state = plugin.Plugin()
+    state.roots = {str(a): "complete", str(b): "failed"}
+    assert state.check_file(f"{b}/etc/hostname") == bareosfd.bRC_Seen
+    assert state.check_file(f"{b}/") == bareosfd.bRC_Seen         # directories come with "/"
+    assert state.check_file(f"{a}/etc/shadow") == bareosfd.bRC_OK
 
 
 def test_accurate_incremental_with_no_change(monkeypatch, guests):
     fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     catalog = Catalog().add(fd.backup())
     incremental = fd.backup(level="I", accurate=True, catalog=catalog)
     assert incremental.records == [] and incremental.deleted == []
@@ -163,12 +171,17 @@ def test_accurate_incremental_with_no_change(monkeypatch, guests):
 def test_broken_guest_is_reported_and_others_complete(monkeypatch, guests):
     guests[0].prepare_error = ("partition probe", "no partition table and no filesystem")
     calls = fd_harness.install_dir_runner(monkeypatch, guests)
-    result = FileDaemon(definition()).backup()
-    assert result.status == "E"
-    errors = result.job.errors
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup()
+    assert result.status == "f"
+    errors = result.job.texts(bareosfd.M_ERROR)
     assert len(errors) == 1
     assert "domu-a" in errors[0] and "partition probe" in errors[0] \
         and "no partition table" in errors[0]
+    # one fatal line at the end, after the other guest was saved, naming the lost one
+    [fatal] = result.job.fatal
+    assert "1 of 2 guest(s) NOT backed up completely: domu-a" in fatal
+    texts = [text for _type, text in result.job.messages]
+    assert texts.index(info_lines(result)[0]) < texts.index(fatal)
     b = str(guests[1].trees[0])
     assert result.records and all(r.fname.startswith(b) for r in result.records)
     assert len(info_lines(result)) == 1
@@ -180,13 +193,14 @@ def test_guest_held_by_helpers_mode_fails_alone_and_is_not_torn_down(monkeypatch
     job, never a teardown by the plugin; the other guest is backed up."""
     guests[0].held_by = "cli"
     calls = fd_harness.install_dir_runner(monkeypatch, guests)
-    result = FileDaemon(definition()).backup()
-    assert result.status == "E"
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup()
+    assert result.status == "f"
     warnings = result.job.texts(bareosfd.M_WARNING)
     assert any("guest domu-a is mounted by `domu-snapshot mount`" in t
                and "domu-snapshot unmount domu-a" in t for t in warnings), warnings
-    errors = result.job.errors
+    errors = result.job.texts(bareosfd.M_ERROR)
     assert len(errors) == 1 and "domu-a: NOT backed up" in errors[0] and "helpers mode" in errors[0]
+    assert len(result.job.fatal) == 1 and "domu-a" in result.job.fatal[0]
     assert ("teardown", "domu-a") not in calls
     b = str(guests[1].trees[0])
     assert result.records and all(r.fname.startswith(b) for r in result.records)
@@ -197,9 +211,9 @@ def test_guest_held_by_helpers_mode_fails_alone_and_is_not_torn_down(monkeypatch
 def test_guest_whose_mount_vanishes_fails_alone(monkeypatch, guests, tmp_path):
     guests[0].trees = [tmp_path / "not-there"]
     calls = fd_harness.install_dir_runner(monkeypatch, guests)
-    result = FileDaemon(definition()).backup()
-    assert result.status == "E" and result.job.fatal == []
-    assert len(result.job.errors) == 1 and "reading" in result.job.errors[0]
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup()
+    assert result.status == "f" and len(result.job.fatal) == 1
+    assert len(result.job.texts(bareosfd.M_ERROR)) == 1 and "reading" in result.job.errors[0]
     assert result.records and all(r.fname.startswith(str(guests[1].trees[0])) for r in result.records)
     assert_balanced(calls)
 
@@ -207,10 +221,11 @@ def test_guest_whose_mount_vanishes_fails_alone(monkeypatch, guests, tmp_path):
 def test_overflow_at_teardown_is_an_error(monkeypatch, guests):
     guests[1].overflow = True
     fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     result = fd.backup()
-    errors = result.job.errors
+    errors = result.job.texts(bareosfd.M_ERROR)
     assert len(errors) == 1 and "domu-b" in errors[0] and "overflow" in errors[0]
+    assert result.status == "f" and "domu-b" in result.job.fatal[0]
     # its files stay current in accurate mode rather than being marked deleted
     guests[1].overflow = False
     catalog = Catalog().add(result)
@@ -225,7 +240,7 @@ def test_cancel_mid_job_leaves_nothing(monkeypatch, guests, jobend):
     """Cancel while the file daemon reads a file of the first guest (bareos-fd: CancelCommand,
     then EndBackupJob; JobEnd is not sent to a cancelled job, unless asked here)."""
     calls = fd_harness.install_dir_runner(monkeypatch, guests)
-    result = FileDaemon(definition()).backup(cancel_after=1, jobend_after_cancel=jobend)
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup(cancel_after=1, jobend_after_cancel=jobend)
     assert result.status == "A"
     assert bareosfd.bEventCancelCommand in result.events
     assert ("prepare", "domu-b") not in calls  # stopped before the next guest
@@ -235,7 +250,7 @@ def test_cancel_mid_job_leaves_nothing(monkeypatch, guests, jobend):
 def test_cancel_then_jobend_only(monkeypatch, guests):
     """CancelCommand while a file is open (teardown must wait), then only JobEnd."""
     calls = fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     fd._start_job("F", "B")
     try:
         fd._command_event(bareosfd.bEventPluginCommand)
@@ -261,7 +276,7 @@ def test_cancel_then_jobend_only(monkeypatch, guests):
 
 def test_prepare_all_up_front(monkeypatch, guests):
     calls = fd_harness.install_dir_runner(monkeypatch, guests)
-    result = FileDaemon(definition(prepare="all")).backup()
+    result = FileDaemon(definition(prepare="all"), **fd_harness.example_fileset_options()).backup()
     assert result.status == "T"
     assert ("check_space", True) in calls
     order = [c for c in calls if c[0] in ("prepare", "teardown")]
@@ -281,7 +296,7 @@ def test_same_inode_in_two_guests_is_not_a_hard_link(monkeypatch, tmp_path):
     os.link(a / "f", b / "f")   # same inode, as on a reused loop device
     guests = [FakeGuest("ga", [a]), FakeGuest("gb", [b])]
     fd_harness.install_dir_runner(monkeypatch, guests)
-    result = FileDaemon(definition()).backup()
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup()
     by_name = result.by_name()
     assert by_name[f"{a}/f"].data == b"guest a data"
     assert by_name[f"{a}/g"].type == bareosfd.FT_LNKSAVED
@@ -296,8 +311,9 @@ def test_special_entries_and_bad_names(monkeypatch, tmp_path):
         handle.write(b"x")
     (root / "ok").write_text("fine")
     fd_harness.install_dir_runner(monkeypatch, [FakeGuest("g", [root])])
-    result = FileDaemon(definition()).backup()
-    assert result.status == "E" and result.job.fatal == []
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup()
+    # names Bareos cannot carry are errors, not a lost guest: every night would fail otherwise
+    assert result.status == "W" and result.job.fatal == []
     assert [r.fname for r in result.records] == [f"{root}/ok", str(root)]
     assert any("b'" in t and "\\xff" in t for t in result.job.errors)
     warnings = result.job.texts(bareosfd.M_WARNING)
@@ -311,7 +327,7 @@ def test_domain_definition_is_saved_with_the_guest(monkeypatch, tmp_path):
     (root / "f").write_text("x")
     guests = [FakeGuest("x", [root], domain_xml="<domain><name>x</name></domain>\n")]
     fd_harness.install_dir_runner(monkeypatch, guests)
-    result = FileDaemon(definition()).backup()
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup()
     xml = f"{root}.domain.xml"
     assert result.records[0].fname == xml
     assert result.records[0].data == b"<domain><name>x</name></domain>\n"
@@ -321,7 +337,7 @@ def test_domain_definition_is_saved_with_the_guest(monkeypatch, tmp_path):
 def test_without_in_core_io_the_plugin_reads(monkeypatch, guests, tmp_path):
     monkeypatch.delattr(bareosfd, "iostat_do_in_core")
     fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     result = fd.backup()
     assert result.status == "T"
     assert "plugin_io" in result.calls
@@ -331,16 +347,17 @@ def test_without_in_core_io_the_plugin_reads(monkeypatch, guests, tmp_path):
 
 def test_no_guests(monkeypatch):
     calls = fd_harness.install_dir_runner(monkeypatch, [])
-    result = FileDaemon(definition()).backup()
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup()
     assert result.records == []
-    assert any("no guest" in t for t in result.job.texts(bareosfd.M_WARNING))
+    assert result.status == "f"
+    assert any("no guest selected" in t and "prefix 'domu-'" in t for t in result.job.fatal)
     assert calls[-1] == ("unlock",)
 
 
 def test_restore_of_a_backup_copy_matches(monkeypatch, guests, tmp_path):
     """Restoring twice into the same where (replace=always) gives the same tree again."""
     fd_harness.install_dir_runner(monkeypatch, guests)
-    fd = FileDaemon(definition())
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
     result = fd.backup()
     where = tmp_path / "r"
     fd.restore(result.records, str(where))
@@ -349,3 +366,45 @@ def test_restore_of_a_backup_copy_matches(monkeypatch, guests, tmp_path):
     tree = guests[0].trees[0]
     assert fd_harness.compare_trees(tree, f"{where}{tree}") == []
     shutil.rmtree(where)
+
+
+def test_estimate_lists_what_a_full_would_save(monkeypatch, guests):
+    calls = fd_harness.install_dir_runner(monkeypatch, guests)
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
+    job, listed = fd.estimate()
+    full = fd.backup()
+    assert [name for name, _type in listed] == [r.fname for r in full.records]
+    assert job.fatal == []
+    assert_balanced(calls)
+
+
+def test_a_note_is_information_and_a_clean_job_is_backup_ok(monkeypatch, guests):
+    """No libvirt on the host is a note (M_INFO): the job stays "Backup OK" (JobStatus T)."""
+    fd_harness.install_dir_runner(monkeypatch, guests)
+    real_discover = fd_harness.DirRunner.discover
+
+    def discover(self, names=None):
+        self.log("info", "quiesce: no libvirt daemon on this host; guests get no quiesce")
+        return real_discover(self, names)
+
+    monkeypatch.setattr(fd_harness.DirRunner, "discover", discover)
+    result = FileDaemon(definition(), **fd_harness.example_fileset_options()).backup()
+    assert result.status == "T", result.job.messages
+    assert any("no libvirt daemon" in t for t in result.job.texts(bareosfd.M_INFO))
+    assert result.job.texts(bareosfd.M_WARNING) == []
+
+
+def test_incremental_summary_counts_what_was_read(monkeypatch, guests):
+    fd_harness.install_dir_runner(monkeypatch, guests)
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
+    full = fd.backup()
+    # data.bin, hostname (once for its two names), shadow: the files with data
+    assert "3 files read" in info_lines(full)[0]
+    since = int(time.time()) + 1
+    changed = guests[0].trees[0] / "etc" / "shadow"
+    time.sleep(1.1)
+    changed.write_text("root:!:19001::::::\n")
+    incremental = fd.backup(level="I", since=since)
+    assert incremental.status == "T", incremental.job.messages
+    a_line, b_line = info_lines(incremental)
+    assert "1 files read (19 B)" in a_line and "0 files read (0 B)" in b_line

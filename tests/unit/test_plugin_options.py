@@ -137,3 +137,56 @@ def test_register_events(monkeypatch):
                 bareosfd.bEventCancelCommand, bareosfd.bEventJobEnd} <= fd.job.registered_events
     finally:
         fd._end_job()
+
+
+def test_job_plugin_options_override_the_fileset_key_by_key(monkeypatch, tmp_path):
+    """bareos-fd 25: the FileSet's string, then the Job's "FD Plugin Options" alone
+    (bEventNewPluginOptions), then the FileSet's string again at the backup command."""
+    monkeypatch.setenv("DOMU_SNAPSHOT_CONFIG", str(tmp_path / "none.conf"))
+    root = tmp_path / "mnt"
+    for name in ("domu-a", "domu-b"):
+        (root / "vg0" / name).mkdir(parents=True)
+        (root / "vg0" / name / "f").write_text(name)
+    guests = [fd_harness.FakeGuest(n, [root / "vg0" / n]) for n in ("domu-a", "domu-b")]
+    fd_harness.install_dir_runner(monkeypatch, guests)
+    seen = []
+    real_discover = fd_harness.DirRunner.discover
+
+    def discover(self, names=None):
+        seen.append((self.cfg.mount_root, self.cfg.prefix, list(self.cfg.include)))
+        return [g for g in real_discover(self, names)
+                if not self.cfg.include or g.name in self.cfg.include]
+
+    monkeypatch.setattr(fd_harness.DirRunner, "discover", discover)
+    definition = fd_harness.example_plugin_definition(
+        module_path=str(fd_harness.PLUGIN_DIR), mount_root=str(root), vg="vg0")
+    result = fd_harness.FileDaemon(definition, plugin_options="python3:include=domu-b").backup()
+    assert result.status == "T", result.job.messages
+    assert bareosfd.bEventNewPluginOptions in result.events
+    # the FileSet's mount_root and prefix stay, include comes from the Job
+    assert seen == [(str(root), "domu-", ["domu-b"])]
+    assert [r.fname for r in result.records] == [f"{root}/vg0/domu-b/f", f"{root}/vg0/domu-b"]
+
+
+def test_a_bad_job_override_fails_the_job(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOMU_SNAPSHOT_CONFIG", str(tmp_path / "none.conf"))
+    calls = fd_harness.install_dir_runner(monkeypatch, [fd_harness.FakeGuest("g", [tmp_path])])
+    result = fd_harness.FileDaemon(
+        fd_harness.example_plugin_definition(module_path=str(fd_harness.PLUGIN_DIR)),
+        plugin_options="python3:colour=blue").backup()
+    assert result.status == "f"
+    assert any("unknown plugin option 'colour'" in t for t in result.job.fatal)
+    assert calls == []
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"config": "/nonexistent/domu.conf"}, "does not exist"),
+    ({"mount_root": "relative/mnt"}, "mount_root must be an absolute path"),
+])
+def test_bad_configuration_fails_the_job_at_its_start(monkeypatch, tmp_path, extra, message):
+    calls = fd_harness.install_dir_runner(monkeypatch, [fd_harness.FakeGuest("g", [tmp_path])])
+    result = fd_harness.FileDaemon(fd_harness.example_plugin_definition(
+        module_path=str(fd_harness.PLUGIN_DIR), **extra)).backup()
+    assert result.status == "f"
+    assert len(result.job.fatal) == 1 and message in result.job.fatal[0]
+    assert calls == []

@@ -120,3 +120,55 @@ def test_restore_without_in_core_io(monkeypatch, tmp_path):
     job, statuses = fd_harness.FileDaemon(DEFINITION).restore([record], str(tmp_path / "w"))
     assert job.errors == [] and statuses == {"/g/big": "extract"}
     assert (tmp_path / "w" / "g" / "big").read_bytes() == data
+
+
+def _add_prefix(prefix, strip=""):
+    """bconsole's strip_prefix/add_prefix as lib/breg.cc's bregexp_build_where writes them."""
+    parts = [f"!{strip}!!i"] if strip else []
+    return ",".join(parts + [f"!^!{prefix}!"])
+
+
+def test_strip_and_add_prefix_restore_lands_in_the_prefix(monkeypatch, tmp_path):
+    """bareos-fd 25 with regexwhere: `where` is empty and the names arrive rewritten."""
+    fd_harness.install_dir_runner(monkeypatch, [])
+    base = "/var/lib/domu-snapshot/mnt/vg0/domu-a"
+    target = tmp_path / "r"
+    records = [regular(f"{base}/etc/motd", b"hi\n"), directory(f"{base}/etc")]
+    regexwhere = _add_prefix(str(target), strip="/var/lib/domu-snapshot/mnt")
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore(records, None, regexwhere=regexwhere)
+    assert job.errors == [], job.messages
+    assert (target / "vg0" / "domu-a" / "etc" / "motd").read_bytes() == b"hi\n"
+    assert set(statuses.values()) == {"extract", "created"}
+
+
+def test_regexwhere_restore_stays_below_its_prefix(monkeypatch, tmp_path):
+    fd_harness.install_dir_runner(monkeypatch, [])
+    target, outside = tmp_path / "r", tmp_path / "outside"
+    outside.mkdir()
+    records = [symlink("/g/etc", str(outside)), regular("/g/etc/passwd", b"x"),
+               regular("/g/../../outside/evil", b"x")]
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore(
+        records, None, regexwhere=_add_prefix(str(target)))
+    assert statuses == {"/g/etc": "created", "/g/etc/passwd": "error",
+                        "/g/../../outside/evil": "error"}
+    assert os.listdir(outside) == []
+
+
+def test_regexwhere_without_a_prefix_is_refused(monkeypatch, tmp_path):
+    """strip_prefix alone would write a guest's /etc over the host's own."""
+    fd_harness.install_dir_runner(monkeypatch, [])
+    record = regular(f"{tmp_path}/mnt/vg0/g/etc/hostname", b"x")
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore(
+        [record], None, regexwhere=f"!{tmp_path}/mnt/vg0/g!!i")
+    assert statuses == {record.fname: "error"}
+    assert any("has no add_prefix" in text for text in job.errors)
+    assert not (tmp_path / "etc").exists()
+
+
+def test_a_fifo_is_recreated_without_reading_it(monkeypatch, tmp_path):
+    fd_harness.install_dir_runner(monkeypatch, [])
+    record = Record(fname="/g/run/ctl", type=bareosfd.FT_SPEC, stat=_stat(stat.S_IFIFO | 0o620))
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore([record], str(tmp_path / "w"))
+    assert job.errors == [] and statuses == {"/g/run/ctl": "created"}
+    made = os.lstat(tmp_path / "w" / "g" / "run" / "ctl")
+    assert stat.S_ISFIFO(made.st_mode) and stat.S_IMODE(made.st_mode) == 0o620

@@ -74,7 +74,7 @@ def test_classification(tree):
     assert kinds["etc"] == (bareosfd.FT_DIREND, f"{tree}/etc/", True)
     assert kinds["etc/hosts"] == (bareosfd.FT_REG, "", False)
     assert kinds["empty"] == (bareosfd.FT_REGE, "", True)
-    assert kinds["fifo"] == (bareosfd.FT_FIFO, "", True)
+    assert kinds["fifo"] == (bareosfd.FT_SPEC, "", True)
     assert kinds["sock"] == (None, "socket", True)
 
 

@@ -259,7 +259,7 @@ def test_unreadable_attribute_is_reported_and_the_others_saved(monkeypatch, area
     monkeypatch.setattr(os, "listxattr", listxattr)
     fd_harness.install_dir_runner(monkeypatch, [FakeGuest("domu-a", [root])])
     result = FileDaemon(definition()).backup()
-    assert result.status == "E"  # errors reported, the job goes on (not "f")
+    assert result.status == "W"  # errors reported, the job goes on (not "f")
     assert sorted(result.by_name()[str(f)].xattrs) == [(b"user.a", b"v"), (b"user.c", b"v")]
     errors = result.job.texts(bareosfd.M_ERROR)
     assert len(errors) == 2, result.job.messages

@@ -53,7 +53,7 @@ def daemon(mount_root, **options):
     definition = fd_harness.example_plugin_definition(
         module_path=str(fd_harness.PLUGIN_DIR), mount_root=str(mount_root), vg=VG, prefix=PREFIX,
         quiesce="none", **options)
-    return FileDaemon(definition)
+    return FileDaemon(definition, **fd_harness.example_fileset_options())
 
 
 def nothing_left(gvg, mount_root):
@@ -210,10 +210,11 @@ def test_one_broken_guest_is_reported_the_other_completes(guest_vg, guests, make
     mount_root = tmp_path / "mnt"
     fd = daemon(mount_root, include=f"{PREFIX}modern,{broken.lv}")
     result = fd.backup()
-    assert result.status == "E"
-    errors = result.job.errors
+    assert result.status == "f"   # a lost guest fails the job, after the other was saved
+    errors = result.job.texts(bareosfd.M_ERROR)
     assert len(errors) == 1, errors
     assert broken.lv in errors[0] and "failed" in errors[0], errors[0]
+    assert len(result.job.fatal) == 1 and broken.lv in result.job.fatal[0]
     modern_root = f"{mount_root}/{VG}/{PREFIX}modern"
     assert result.records and all(r.fname.startswith(modern_root) for r in result.records)
     assert nothing_left(guest_vg, mount_root) == []
@@ -354,8 +355,8 @@ def test_helpers_mount_survives_a_plugin_job_that_reaps_dead_plugin_leftovers(gu
         warnings = result.job.texts(bareosfd.M_WARNING)
         assert any(f"guest {g1} is mounted by `domu-snapshot mount`" in t and "left alone" in t
                    and f"domu-snapshot unmount {g1}" in t for t in warnings), warnings
-        assert result.status == "E"
-        errors = result.job.errors
+        assert result.status == "f"
+        errors = result.job.texts(bareosfd.M_ERROR)
         assert len(errors) == 1, errors
         assert f"guest {g1}: NOT backed up" in errors[0] and "helpers mode" in errors[0], errors[0]
         assert not [r for r in result.records if r.fname.startswith(g1_root)]
