@@ -84,7 +84,10 @@ def _check(inst: Install) -> list[str]:
     return [str(p) for p in need if not p.exists()]
 
 
-def locate(scratch: Path | None = None, env=os.environ) -> Install:
+SYSTEM_FD = "/usr/sbin/bareos-fd"
+
+
+def locate(scratch: Path | None = None, env=os.environ, system_fd: str = SYSTEM_FD) -> Install:
     """The Bareos to run (see the module docstring); unpacks the tarball into `scratch` if that is
     where it comes from. Raises BareosMissing (one line) when there is none."""
     home = env.get("DOMU_BAREOS_HOME")
@@ -94,7 +97,7 @@ def locate(scratch: Path | None = None, env=os.environ) -> Install:
         if missing:
             raise BareosMissing(f"DOMU_BAREOS_HOME={home} is not a Bareos tree (missing {', '.join(missing)})")
         return inst
-    if os.path.exists("/usr/sbin/bareos-fd"):
+    if os.path.exists(system_fd):
         inst = Install(origin="Debian packages", sbin=Path("/usr/sbin"), plugins=Path("/usr/lib/bareos/plugins"),
                        python=None, ddl=Path("/usr/lib/bareos/scripts/ddl"),
                        query_sql=Path("/usr/lib/bareos/scripts/query.sql"), backends=Path("/usr/lib/bareos/backends"))

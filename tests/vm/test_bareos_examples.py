@@ -2,6 +2,8 @@
 replaced (tests/bareos_bed.py): the replacement itself, and its refusal of anything else."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests import bareos_bed
@@ -48,3 +50,21 @@ def test_plugin_fileset_options_come_out_as_given():
     [fileset] = bareos_bed.resource_blocks(edited, "FileSet")
     assert '":prefix=vm-"' in fileset and '":mount_root=/srv/a\\\\:b"' in fileset
     assert '":module_name=bareos-fd-domu-snapshot"' in fileset
+
+
+def test_no_bareos_is_an_error_of_one_line(tmp_path):
+    """Without a Bareos the suite must fail, never pass or skip: locate() raises, in one line."""
+    env = {"DOMU_BAREOS_TARBALL": str(tmp_path / "none.tar.xz")}
+    with pytest.raises(bareos_bed.BareosMissing) as e:
+        bareos_bed.locate(tmp_path, env=env, system_fd=str(tmp_path / "no-bareos-fd"))
+    assert "\n" not in str(e.value) and "DOMU_BAREOS_HOME" in str(e.value)
+    with pytest.raises(bareos_bed.BareosMissing):
+        bareos_bed.locate(tmp_path, env={"DOMU_BAREOS_HOME": str(tmp_path)})
+
+
+def test_the_bareos_found_is_a_usable_tree(tmp_path):
+    """Whatever the source (DOMU_BAREOS_HOME, Debian's packages, the shared tarball unpacked)."""
+    inst = bareos_bed.locate(tmp_path)
+    assert (inst.plugins / "python3-fd.so").is_file() and os.access(inst.sbin / "bareos-fd", os.X_OK)
+    assert (inst.ddl / "creates" / "postgresql.sql").is_file()
+    assert inst.python is None or list(inst.python.glob("bareosfd*.so"))
