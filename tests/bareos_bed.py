@@ -706,21 +706,24 @@ Messages {{
                     pass
         return rec
 
-    def wait_job(self, jobid: int, timeout: float = 900) -> dict:
+    def wait_job(self, jobid: int, timeout: float = 600, poll: float = 5) -> dict:
+        """Poll `llist jobid=N` until the job has ended (the daemons' logs are copied to the VM
+        run directory on the way, so a stuck job can be looked at from the host)."""
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BareosError(f"job {jobid} still running after {timeout}s:\n{self.bconsole('status dir')}\n"
-                                  f"{self.joblog(jobid)}")
-            try:
-                self.bconsole(f"wait jobid={jobid}", timeout=min(left, 300) + 5)
-            except subprocess.TimeoutExpired:
-                continue
             rec = self.record(jobid)
             if rec["jobstatus"][:1] in FINAL_STATES:
-                return self.job_status(jobid, rec)
-            time.sleep(1)
+                self.keep_logs()
+                st = self.job_status(jobid, rec)
+                self.log(f"job {jobid} {rec.get('name', '')} level {st['level']}: {st['status']} "
+                         f"{st['termination']!r}, {st['files']} files, {st['errors']} errors")
+                return st
+            if time.monotonic() > deadline:
+                self.keep_logs()
+                raise BareosError(f"job {jobid} still running after {timeout}s:\n{self.bconsole('status dir')}\n"
+                                  f"{self.bconsole(f'status client={self.CLIENT}')}\n{self.joblog(jobid)}")
+            self.keep_logs()
+            time.sleep(poll)
 
     def job_status(self, jobid: int, rec: dict | None = None) -> dict:
         """status (JobStatus letter), files, bytes, errors, level, termination (the job log's

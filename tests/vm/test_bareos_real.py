@@ -53,6 +53,16 @@ EXTRA = "bedextra"                   # top-level directory of the extras in alph
 SPARSE_SIZE = 8 * 1024 * 1024
 
 
+def note(message: str) -> None:
+    """Progress, readable from the host while the VM runs: $DOMU_VM_RUN_DIR/bareos/progress.log."""
+    print(message)
+    run_dir = os.environ.get("DOMU_VM_RUN_DIR")
+    if run_dir:
+        Path(run_dir, "bareos").mkdir(parents=True, exist_ok=True)
+        with open(Path(run_dir, "bareos", "progress.log"), "a") as f:
+            f.write(f"{time.strftime('%H:%M:%S')} {message}\n")
+
+
 def _run(argv, check=True, input=None):
     p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, input=input)
     if check and p.returncode != 0:
@@ -206,6 +216,7 @@ def diff_states(got: dict, want: dict) -> list[str]:
 
 
 def summary(st: dict) -> str:
+    note(f"job {st['jobid']} ({st['level']}): {st['status']} {st['termination']!r} files {st['files']}")
     """What a failed assertion shows: status, termination, counts, and the job's log."""
     return (f"job {st['jobid']}: JobStatus {st['status']}, Termination {st['termination']!r}, "
             f"JobFiles {st['files']}, JobErrors {st['errors']}\n{st['log']}")
@@ -235,6 +246,7 @@ def bed():
         gvg.add_guest(ALPHA, "msdos-ext4-1m", dirty=True)
         gvg.add_guest(BETA, "whole-ext4", size_mib=24, dirty=True)
         gvg.add_guest(GAMMA, "whole-ext4", size_mib=16, dirty=False)
+        note(f"guests built in {time.monotonic() - t0:.0f}s")
         _run(["lvcreate", "-q", "-y", "-n", RESTORE_LV, "-L", "96M", VG])
         _run(["mkfs.ext4", "-q", "-F", f"/dev/{VG}/{RESTORE_LV}"])
         restore_fs = work / "restore-fs"
@@ -253,11 +265,11 @@ def bed():
                    variants={ONLY_BETA_JOB: (PLUGIN_JOB, [f'FD Plugin Options = "python3:include={BETA}"']),
                              THROTTLED_JOB: (PLUGIN_JOB, ["Maximum Bandwidth = 300 kb/s",
                                                           f'FD Plugin Options = "python3:include={ALPHA}"'])},
-                   fd_env={"DOMU_SNAPSHOT_CONFIG": str(plugin_conf)})
+                   fd_env={"DOMU_SNAPSHOT_CONFIG": str(plugin_conf)}, log=note)
         b.start()
         bed = Bed(gvg=gvg, work=work, mount_root=mount_root, helpers_root=helpers_root, restore_fs=restore_fs,
                   bareos=b, fd_pid=b.fd_pid(), jobs={})
-        print(f"bareos bed with guests ready in {time.monotonic() - t0:.0f}s")
+        note(f"bareos bed with guests ready in {time.monotonic() - t0:.0f}s")
         yield bed
     finally:
         if b is not None:
