@@ -757,8 +757,14 @@ Messages {{
 
     def list_files(self, jobid: int) -> list[str]:
         out = self.bconsole(f"list files jobid={jobid}")
-        return [l[2:].rstrip()[:-1].rstrip() for l in out.splitlines()
-                if l.startswith("| /") and l.rstrip().endswith("|")]
+        # Bareos 25 prints one name per line, indented by one space (older ones: a table)
+        names = []
+        for line in out.splitlines():
+            if line.startswith(" /"):
+                names.append(line[1:])
+            elif line.startswith("| /") and line.rstrip().endswith("|"):
+                names.append(line[2:].rstrip()[:-1].rstrip())
+        return names
 
     def restore(self, where: str | None = None, *, jobid: int | None = None, current: bool = False,
                 fileset: str | None = None, files: list[str] = (), timeout: float = 900, **kw) -> dict:
