@@ -778,7 +778,8 @@ Messages {{
         if jobid is not None:
             parts.append(f"jobid={jobid}")
         elif current:
-            parts += [f"fileset={fileset}", "current"]
+            # Bareos 25 takes `current` only after `select` (alone it falls back to its menu)
+            parts += [f"fileset={fileset}", "select", "current"]
         else:
             raise ValueError("jobid= or current=True")
         if files:
