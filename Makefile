@@ -10,7 +10,9 @@ PY := $(VENV)/bin/python
 # Debian packages: storage tools and the VM test bed (kernel, qemu, busybox for virtme's
 # initramfs), pyparted/libvirt as a real hypervisor host has them (bareos-fd embeds the
 # distribution's Python), the hostile-input suite's filesystems, Bacula for the engine suite,
-# setfacl/getfacl (acl) for the plugin's ACL tests.
+# setfacl/getfacl (acl) for the plugin's ACL tests, and what the real Bareos of the bareos suite
+# (../shared/bareos/bareos-25.1.0-debian12-amd64.tar.xz, tests/bareos_bed.py) needs at run time:
+# its libraries and PostgreSQL for its catalog (Bareos 25 has no SQLite catalog).
 # Installed without recommends (which would pull in a GUI for qemu and a mail daemon for Bacula),
 # so what lvm2 recommends and we need is listed: thin_check for thin pools.
 APT_PACKAGES := lvm2 thin-provisioning-tools parted fdisk e2fsprogs dosfstools xfsprogs btrfs-progs \
@@ -18,8 +20,11 @@ APT_PACKAGES := lvm2 thin-provisioning-tools parted fdisk e2fsprogs dosfstools x
 	qemu-system-x86 linux-image-amd64 busybox-static \
 	python3-venv python3-dev python3-setuptools python3-wheel python3-parted python3-libvirt \
 	libparted-dev pkg-config acl \
-	bacula-director bacula-director-sqlite3 bacula-sd bacula-fd bacula-console
-BACULA_SERVICES := bacula-director bacula-sd bacula-fd
+	bacula-director bacula-director-sqlite3 bacula-sd bacula-fd bacula-console \
+	postgresql postgresql-client libpq5 libjansson4 liblzo2-2 libfmt9 libxxhash0 libpython3.11 \
+	libssl3 libreadline8 libacl1 zlib1g libcap2
+# Packaged daemons that must not keep running on the host (the tests start private instances).
+BACULA_SERVICES := bacula-director bacula-sd bacula-fd postgresql
 PIP_PACKAGES := virtme-ng==1.42
 
 # Per-run directory for the VM's results; one value per make invocation.
@@ -34,7 +39,7 @@ deps: apt-deps venv
 
 # Installs only what dpkg says is missing; `apt-get update` only when something is.
 # Packaged daemons must not start on the host: a temporary policy-rc.d forbids it where the
-# machine has none, and the Bacula daemons are stopped if something started them anyway.
+# machine has none, and the Bacula daemons and PostgreSQL are stopped if something started them anyway.
 apt-deps:
 	@missing=""; \
 	for p in $(APT_PACKAGES); do \
