@@ -11,14 +11,14 @@ PY := $(VENV)/bin/python
 # Debian packages: storage tools and the VM test bed (kernel, qemu, busybox for virtme's
 # initramfs), pyparted/libvirt as a real hypervisor host has them (bareos-fd embeds the
 # distribution's Python), the hostile-input suite's filesystems, Bacula for the engine suite,
-# setfacl/getfacl (acl) for the plugin's ACL tests.
+# setfacl/getfacl (acl) for the plugin's ACL tests, man-db for the man pages' check.
 # Installed without recommends (which would pull in a GUI for qemu and a mail daemon for Bacula),
 # so what lvm2 recommends and we need is listed: thin_check for thin pools.
 APT_PACKAGES := lvm2 thin-provisioning-tools parted fdisk e2fsprogs dosfstools xfsprogs btrfs-progs \
 	cryptsetup-bin udev kmod util-linux \
 	qemu-system-x86 linux-image-amd64 busybox-static \
 	python3-venv python3-dev python3-setuptools python3-wheel python3-parted python3-libvirt \
-	libparted-dev pkg-config acl \
+	libparted-dev pkg-config acl man-db \
 	bacula-director bacula-director-sqlite3 bacula-sd bacula-fd bacula-console
 BACULA_SERVICES := bacula-director bacula-sd bacula-fd
 # `make deb`: debhelper, pybuild with its pyproject plugin (setuptools and wheel are above).
