@@ -11,7 +11,9 @@ installed files, and `dpkg --purge` leaves nothing behind. The overlay is unmoun
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import filecmp
+import json
 import os
 import re
 import subprocess
@@ -36,6 +38,32 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-
 # man-db's trigger would rebuild the whole manual database (minutes under emulation, over 9p);
 # its own switch turns that off (this /var is the VM's throwaway overlay).
 MANDB_AUTO_UPDATE = Path("/var/lib/man-db/auto-update")
+# umount(8) cannot unmount the overlay: its own binary and libraries are mapped from it (EBUSY).
+# This process was started from the /usr below, so it calls umount2(2) itself.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
+
+
+def umount(path: str, flags: int = 0) -> None:
+    if _LIBC.umount2(os.fsencode(path), flags) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"umount {path}: {os.strerror(errno)}")
+
+
+PLUGIN_JOB = """
+import json, sys
+tests, module_path, mount_root, vg, lv = sys.argv[1:]
+sys.path.insert(0, tests)
+import fd_harness
+definition = fd_harness.example_plugin_definition(module_path=module_path, mount_root=mount_root, vg=vg,
+                                                  include=lv, quiesce="none")
+result = fd_harness.FileDaemon(definition, **fd_harness.example_fileset_options()).backup()
+import domu_snapshot
+print(json.dumps({"status": result.status, "core": domu_snapshot.__file__,
+                  "plugin": sys.modules["bareos-fd-domu-snapshot"].__file__,
+                  "files": sorted(r.fname for r in result.with_data),
+                  "messages": [str(m) for m in result.job.messages]}))
+"""
 
 
 def deb_file() -> Path:
@@ -48,8 +76,8 @@ def deb_file() -> Path:
     return path
 
 
-def run(*argv, check=True, cwd="/", **kw):
-    proc = subprocess.run(list(argv), capture_output=True, text=True, env=ENV, cwd=cwd, **kw)
+def run(*argv, check=True, cwd="/", env=None, **kw):
+    proc = subprocess.run(list(argv), capture_output=True, text=True, env=env or ENV, cwd=cwd, **kw)
     if check:
         assert proc.returncode == 0, f"{' '.join(argv)} -> exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -81,10 +109,27 @@ def process_names() -> set[str]:
     return names
 
 
+def holders(dev: int) -> list[str]:
+    """Processes with a file of device `dev` mapped, open, as cwd, root or executable."""
+    found = []
+    hexdev = f"{os.major(dev):02x}:{os.minor(dev):02x}"
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            comm = (proc / "comm").read_text().strip()
+            links = [proc / "cwd", proc / "root", proc / "exe", *(proc / "fd").iterdir()]
+            used = [str(os.readlink(link)) for link in links if os.stat(link).st_dev == dev]
+            used += [line.split()[5] for line in (proc / "maps").read_text().splitlines()
+                     if len(line.split()) > 5 and line.split()[3] == hexdev]
+            if used:
+                found.append(f"{proc.name} {comm}: {sorted(set(used))[:3]}")
+    return found
+
+
 @contextlib.contextmanager
 def writable_usr():
     """An overlayfs over /usr whose upper layer is a tmpfs of its own (/tmp in the VM is itself an
-    overlay, which overlayfs refuses as an upper layer). Unmounted afterwards, and it must be."""
+    overlay, which overlayfs refuses as an upper layer). It also hides the read-only Python images
+    that tests/vmbed.py mounts on /usr/lib/python3*, where dpkg must write. Unmounted afterwards."""
     # lvcreate --snapshot starts dmeventd (snapshot monitoring) when none runs: started from the
     # overlay, it would keep /usr busy. Start it first, as the first snapshot would, from the root.
     if "dmeventd" not in process_names():
@@ -96,14 +141,16 @@ def writable_usr():
         (scratch / "work").mkdir()
         run("mount", "-t", "overlay", "domu-deb-usr", "-o",
             f"lowerdir=/usr,upperdir={scratch}/upper,workdir={scratch}/work", "/usr")
+        overlay_dev = os.stat("/usr").st_dev
         try:
             yield scratch / "upper"
         finally:
-            busy = run("umount", "/usr", check=False)
-            if busy.returncode != 0:
-                users = run("fuser", "-vm", "/usr", check=False)
-                run("umount", "--lazy", "/usr", check=False)   # the rest of the suite needs /usr back
-            assert busy.returncode == 0, f"umount /usr (the overlay): {busy.stderr.strip()}\n{users.stderr}"
+            try:
+                umount("/usr")
+            except OSError as exc:
+                users = holders(overlay_dev)
+                umount("/usr", MNT_DETACH)      # the rest of the suite needs its /usr back
+                pytest.fail(f"the overlay on /usr was busy: {exc}; used by {users or 'no process'}")
     finally:
         run("umount", str(scratch), check=False)
         os.rmdir(scratch)
@@ -202,6 +249,19 @@ def test_deb_package_installs_runs_and_purges(usr_overlay, make_guest, guest_vg)
     finally:
         unmounted = domu_snapshot("unmount", guest.lv)
     assert unmounted.returncode == 0, unmounted.stdout + unmounted.stderr
+    assert guest_vg.leftovers() == []
+
+    # -- one Bareos plugin job from the installed plugin file and core, in Debian's python3 (as
+    # bareos-fd embeds it), driven by the harness's stand-in for bareos-fd: only tests/ (for the
+    # harness) is added to sys.path, never the repository, so the core can only be the package's
+    job = run("python3", "-c", PLUGIN_JOB, str(REPO / "tests"), str(PLUGIN.parent), MOUNT_ROOT, VG, guest.lv,
+              timeout=600, check=False)
+    assert job.returncode == 0, job.stdout + job.stderr
+    report = json.loads(job.stdout.splitlines()[-1])
+    assert report["status"] == "T", report
+    assert report["core"] == str(DIST_PACKAGES / "domu_snapshot/__init__.py"), report["core"]
+    assert report["plugin"] == str(PLUGIN), report["plugin"]
+    assert f"{MOUNT_ROOT}/{VG}/{guest.lv}/etc/hostname" in report["files"], report
     assert guest_vg.leftovers() == []
 
     # -- purge: nothing left but what policy keeps (nothing of this package)
