@@ -45,7 +45,9 @@ class RunLock:
                 f"Remove it, or set lock_file to a path in a root-only directory")
         return fd
 
-    def acquire(self):
+    def acquire(self, on_wait=None):
+        """Take the lock, waiting up to `timeout` seconds. `on_wait(holder_pid)` is called once
+        when the lock is found busy (a caller that must say why it waits, e.g. a Bareos job)."""
         dir_fd = self._open_directory()
         name = os.path.basename(self.path)
         try:
@@ -68,12 +70,17 @@ class RunLock:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
                     raise self._refuse(exc.strerror) from None
+                if on_wait is not None:
+                    on_wait(_read_pid(fd))
+                    on_wait = None
                 if time.monotonic() >= deadline:
                     holder = _read_pid(fd)
                     os.close(fd)
+                    who = (f"another job of this process (pid {holder})" if holder == str(os.getpid())
+                           else f"another domu-snapshot run (pid {holder or 'unknown'})")
                     raise LockBusy(
-                        f"another domu-snapshot run (pid {holder or 'unknown'}) holds {self.path}; "
-                        f"waited {self.timeout:.0f} s. Wait for it to finish, or check that pid")
+                        f"{who} holds {self.path}; waited {self.timeout:.0f} s. Wait for it to "
+                        f"finish, or check that pid")
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

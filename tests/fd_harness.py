@@ -1177,7 +1177,7 @@ class DirRunner:
         runner = self
 
         class _Lock:
-            def acquire(self):
+            def acquire(self, on_wait=None):
                 runner.calls.append(("lock",))
                 return self
 

@@ -108,7 +108,7 @@ class PluginJob:
         self.runner = Runner(self.cfg, log=self.runner_log, owner="plugin")
         try:
             # one run at a time, held until the job's teardown
-            self.run_lock = self.runner.lock().acquire()
+            self.run_lock = self.runner.lock().acquire(on_wait=self.say_lock_wait)
             for result in self.runner.reap():
                 self.report_reaped(result)
             self.guests = list(self.runner.discover())
@@ -122,6 +122,14 @@ class PluginJob:
                                   f"(prepare={self.mode}, mount root {self.cfg.mount_root})")
         self.entries = self.all_entries()
         return bareosfd.bRC_OK
+
+    def say_lock_wait(self, holder):
+        """A second job on this client (Maximum Concurrent Jobs > 1) or a helpers-mode
+        mount/unmount holds the run lock: say so before waiting."""
+        who = ("another job of this bareos-fd" if holder == str(os.getpid())
+               else f"domu-snapshot (pid {holder or 'unknown'})")
+        self.job(bareosfd.M_INFO, f"waiting up to {self.cfg.lock_timeout:g} s for the run lock, held "
+                                  f"by {who}: one domu-snapshot run at a time per host")
 
     def report_reaped(self, result):
         if result.status == "held":
@@ -363,7 +371,7 @@ class PluginJob:
                      f"{', '.join(self.lost)} (see the errors above). The job is marked failed so "
                      f"that their last good backup stays the current one; the other guests' files "
                      f"are in this job. Fix the cause and run the job again")
-        elif not self.guests and not getattr(self.cfg, "allow_empty", False):
+        elif not self.guests and not self.cfg.allow_empty:
             self.job(bareosfd.M_FATAL,
                      f"no guest selected (prefix {self.cfg.prefix!r}, VGs "
                      f"{', '.join(self.cfg.vgs) or 'all'}): nothing was backed up; check prefix, "

@@ -6,7 +6,7 @@ from ..errors import DomuError
 
 # Options passed to the core as configuration overrides (the CLI's), and the plugin's own.
 CORE_OPTIONS = ("prefix", "vg", "include", "exclude", "snapshot_size", "chunk_size", "partition",
-                "mount_root", "quiesce", "libvirt_uri")
+                "mount_root", "quiesce", "libvirt_uri", "allow_empty")
 PLUGIN_OPTIONS = ("config", "prepare")
 # Consumed by the C side; tolerated in case a file daemon passes them on.
 C_SIDE_OPTIONS = ("module_path", "module_name")

@@ -95,3 +95,19 @@ def test_cli_says_one_line_and_exits_1_when_the_lock_is_refused(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot take the run lock"), proc.stderr
+
+
+def test_a_second_job_of_one_process_is_told_why_it_waits(tmp_path):
+    """Two Bareos jobs in one bareos-fd: two open files, so flock keeps them apart; the waiter
+    hears once who holds the lock and, at its timeout, that it is a job of its own process."""
+    path = str(tmp_path / "lock")
+    first = RunLock(path, 0).acquire()
+    heard = []
+    try:
+        with pytest.raises(LockBusy, match=rf"another job of this process \(pid {os.getpid()}\)"):
+            RunLock(path, 0.5).acquire(on_wait=heard.append)
+    finally:
+        first.release()
+    assert heard == [str(os.getpid())]
+    RunLock(path, 0).acquire(on_wait=heard.append).release()   # free: nobody is told to wait
+    assert heard == [str(os.getpid())]
