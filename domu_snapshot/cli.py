@@ -5,6 +5,7 @@ mounted and listed); 2 usage or configuration error, or not root.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -182,16 +183,62 @@ def cmd_mount(runner, args, out):
                 out("error", f"no guest selected ({looked}): nothing was mounted. Check prefix, vg, include "
                              f"and exclude (domu-snapshot list shows the guests found); on a host that may "
                              f"have no guest, pass --allow-empty or set allow_empty = yes")
+                if args.all and not runner.cfg.dry_run:
+                    _record_mount_failures(runner.cfg, ["(no guest selected)"])
                 return EXIT_GUEST_FAILED
             out("warning", f"no guest selected ({looked}); allowed (allow_empty): nothing mounted")
+            if args.all and not runner.cfg.dry_run:
+                _record_mount_failures(runner.cfg, [])
             return EXIT_OK
         errors = runner.check_space(guests, concurrent=True)
         failed = 0
+        lost = []
         for guest in guests:
             result = runner.prepare(guest, errors.get(guest.name))
             _line(out, result)
-            failed += not result.ok
+            if not result.ok:
+                failed += 1
+                lost.append(guest.name)
+        if args.all and not runner.cfg.dry_run:
+            _record_mount_failures(runner.cfg, lost)
     return EXIT_GUEST_FAILED if failed else EXIT_OK
+
+
+# Helpers mode: the guests `mount --all` could not mount, until `unmount --all` reports them. A
+# job's Before script cannot fail the job without costing every other guest its backup, and a
+# job that ends OK with a guest's directory empty makes Accurate record that guest's files as
+# deleted; so the After script's `unmount --all` exits 1 for them, and its RunScript (Fail Job
+# On Error = yes) turns the job into an error, which Bareos/Bacula never use as the base of an
+# Incremental or for the latest state of a restore. Kept beside the run lock (a root-only dir).
+MOUNT_FAILURES = "helpers-mount-failures"
+
+
+def _mount_failures_path(cfg):
+    return os.path.join(os.path.dirname(os.path.abspath(cfg.lock_file)), MOUNT_FAILURES)
+
+
+def _record_mount_failures(cfg, names):
+    path = _mount_failures_path(cfg)
+    if not names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{name}\n" for name in names))
+
+
+def _take_mount_failures(cfg):
+    """The guests the last `mount --all` lost (and forget them)."""
+    path = _mount_failures_path(cfg)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return []
+    with os.fdopen(fd, encoding="utf-8", errors="replace") as handle:
+        names = [line.strip() for line in handle if line.strip()]
+    os.unlink(path)
+    return names
 
 
 def _selection_text(cfg):
@@ -215,11 +262,16 @@ def cmd_unmount(runner, args, out):
         else:
             guests = runner.discover(args.guests)
             results = runner.teardown(guests, runner.system_state(reuse_report=True))
+        lost = _take_mount_failures(runner.cfg) if args.all and not runner.cfg.dry_run else []
     for result in results:
         _line(out, result)
     if not results:
         out("info", "nothing was mounted")
-    return EXIT_GUEST_FAILED if any(not r.ok for r in results) else EXIT_OK
+    if lost:
+        out("error", f"not backed up: {', '.join(lost)} (`mount --all` failed for them, see its "
+                     f"messages); exit 1 so that the job (RunScript with Fail Job On Error = yes) "
+                     f"ends in error and their last good backup stays the current one")
+    return EXIT_GUEST_FAILED if lost or any(not r.ok for r in results) else EXIT_OK
 
 
 def cmd_cleanup(runner, args, out):

@@ -112,9 +112,10 @@ def test_helpers_example_tears_down_after_failures_too():
         assert values["runsonsuccess"] == "yes"
         assert values["runsonfailure"] == "yes"
         assert values["runsonclient"] == "yes"
-        assert values["failjobonerror"] == "no"
-        found[values["runswhen"]] = values["command"]
-    assert found == {"Before": "foreach-domu mount", "After": "foreach-domu unmount"}
+        found[values["runswhen"]] = (values["command"], values["failjobonerror"])
+    # Before must not fail the job (the other guests would lose their backup); After fails it
+    # when `mount` lost a guest, so that Accurate keeps that guest's files
+    assert found == {"Before": ("foreach-domu mount", "no"), "After": ("foreach-domu unmount", "yes")}
     fileset = fd_harness.config_values(text, "File")
     assert fileset == ["/var/lib/domu-snapshot/mnt"]
     assert [v.lower() for v in fd_harness.config_values(text, "One FS")] == ["no"]
