@@ -37,7 +37,15 @@ def restore_target(where, regexwhere):
 def restore_path_problem(path, where, mount_root=None, regexwhere=""):
     """Why writing `path` during a restore to `where` (or through `regexwhere`) is refused, or
     None when it is fine."""
+    given_where = where
     where, refused = restore_target(where, regexwhere)
+    if refused and not given_where and not regexwhere and mount_root and path \
+            and not os.path.normpath(path).startswith(os.path.normpath(mount_root) + "/"):
+        # a name rewritten by the director (strip_prefix/add_prefix/regexwhere): bareos-fd 25
+        # hands a plugin neither `where` nor the regexwhere then, so where it may write is unknown
+        refused += ("; a strip_prefix/add_prefix/regexwhere restore cannot be kept inside its "
+                    "target either (bareos-fd does not tell the plugin about it): restore with "
+                    "where=DIR")
     if refused:
         return refused
     base = os.path.normpath(where)

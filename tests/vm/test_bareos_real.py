@@ -347,7 +347,8 @@ def test_incremental_sends_changes_and_accurate_records_the_deletion(bed):
     assert st["status"] == "T" and st["level"] == "I", summary(st)
     assert leftovers(bed) == []
     files = b.list_files(jobid)
-    assert guest_names(files, bed.mount_root, ALPHA) == sorted(CHANGED), files
+    # Bareos 25's `list files` also shows the entry Accurate marked deleted
+    assert sorted(guest_names(files, bed.mount_root, ALPHA)) == sorted(CHANGED + [DELETED]), files
     assert guest_names(files, bed.mount_root, BETA) == [] and guest_names(files, bed.mount_root, GAMMA) == []
     # what the job summary says the FD sent: the changed files and the directory that lost a file
     dirs = [f for f in files if f.endswith("/")]
@@ -403,29 +404,31 @@ def test_failing_guest_fails_the_job_and_keeps_its_last_good_files(bed):
     assert problems == [], f"{GAMMA}'s last good files not in the latest state:\n" + "\n".join(problems)
     beta_now = (restored_root(where, bed, BETA) / "etc/hostname").read_bytes()
     shutil.rmtree(where)
-    # the other guests were saved by this job: in its file list, and restorable as the latest state
+    # Bareos keeps no catalog entries of a failed job (seen with 25.1.0): nothing of it shadows
+    # anything, and the latest state is the last good job's, also for the other guests, whose
+    # changes the next good Incremental sends again
     files = b.list_files(jobid)
     assert guest_names(files, bed.mount_root, GAMMA) == []
-    assert guest_names(files, bed.mount_root, BETA) == ["etc/hostname"], summary(st)
-    assert beta_now.startswith(b"beta changed\n"), \
-        f"{BETA}'s change saved by job {jobid} is not in the latest state (job status {st['status']})"
+    assert not beta_now.startswith(b"beta changed\n"), \
+        f"the failed job {jobid} became the latest state of {BETA} (job status {st['status']})"
 
 
-def test_restore_with_strip_and_add_prefix_stays_in_its_target(bed):
+def test_restore_with_strip_and_add_prefix_is_refused_and_writes_nothing(bed):
+    """bareos-fd 25.1.0 hands a plugin neither `where` nor the regexwhere of a strip_prefix/
+    add_prefix restore (seen here), so the plugin cannot keep such a restore inside a target: it
+    refuses every entry with a message that says to use where=, and writes nothing anywhere."""
     need(bed, "full")
     b = bed.bareos
     target = bed.restore_fs / "prefixed"
     strip = f"{bed.mount_root}/{VG}/"
     rst = b.restore(None, jobid=bed.jobs["full"]["jobid"], strip_prefix=strip, add_prefix=f"{target}/")
-    assert rst["status"] == "T", summary(rst)
-    assert sorted(os.listdir(target)) == sorted([ALPHA, BETA, GAMMA]), os.listdir(target)
-    problems = guestdisks.compare_tree(target / BETA, bed.gvg.guests[BETA].tree)
-    assert problems == [], "\n".join(problems)
-    # nothing went to the original paths or beside the target
+    assert rst["status"] != "T", summary(rst)
+    assert "restore with where=DIR" in rst["log"] and "strip_prefix" in rst["log"], summary(rst)
+    assert not os.path.exists(target) or not any(p.is_file() for p in target.rglob("*")), \
+        list(target.rglob("*"))
     assert not os.path.exists(bed.mount_root / VG), os.listdir(bed.mount_root)
-    assert not [p for p in os.listdir(bed.restore_fs) if p not in ("lost+found", "full", "prefixed")], \
-        os.listdir(bed.restore_fs)
-    shutil.rmtree(target)
+    if os.path.exists(target):
+        shutil.rmtree(target)
 
 
 def test_job_plugin_options_override_the_filesets_key_by_key(bed):
