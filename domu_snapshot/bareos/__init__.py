@@ -66,9 +66,10 @@ did not send. They are reported deleted (bRC_OK) only when they lie below a gues
 completed; below a guest that failed, overflowed or was not read completely they are reported as
 seen (bRC_Seen) so that their last good versions stay current.
 
-Restore goes through the file daemon (create_file answers CF_CORE) into `where`, or with a
-regexwhere (bconsole strip_prefix/add_prefix) below its add_prefix: `where` is empty then and the
-names arrive rewritten. Entries whose path would leave that directory (.. components, symlinks in
+Restore goes through the file daemon (create_file answers CF_CORE) into `where`. A regexwhere
+restore (bconsole strip_prefix/add_prefix) is confined to its add_prefix where the file daemon
+says what it is; bareos-fd 25.1.0 tells a plugin neither `where` nor the regexwhere, so there such
+restores are refused with a hint to use where=. Entries whose path would leave that directory (.. components, symlinks in
 the restored tree) are refused; a restore to the original paths (no `where`), or a regexwhere
 without an add_prefix, is refused. python-fd does not pass the create_status set in
 set_file_attributes back to the file daemon, so the plugin applies owner, mode and times itself.

@@ -359,8 +359,8 @@ class PluginJob:
         next Incremental's base from jobs that terminated OK or OK with warnings only (JobStatus
         T/W, cats/dml uar_* and accurate queries), so failing the job keeps the failed guest's
         last good versions current; and "Backup OK -- with warnings" is what a healthy host
-        without libvirt would show too. The other guests' files are in this job (restore them
-        with its jobid) and are sent again by the next Incremental."""
+        without libvirt would show too. Bareos keeps no catalog entries of a failed job (seen with
+        25.1.0): the other guests' changes are sent again by the next good Incremental."""
         if self.finished or self.runner is None or self.canceled:
             return
         self.finished = True
@@ -369,8 +369,8 @@ class PluginJob:
             self.job(bareosfd.M_FATAL,
                      f"{len(self.lost)} of {len(self.guests)} guest(s) NOT backed up completely: "
                      f"{', '.join(self.lost)} (see the errors above). The job is marked failed so "
-                     f"that their last good backup stays the current one; the other guests' files "
-                     f"are in this job. Fix the cause and run the job again")
+                     f"that their last good backup stays the current one; the other guests' changes "
+                     f"come with the next good job. Fix the cause and run the job again")
         elif not self.guests and not self.cfg.allow_empty:
             self.job(bareosfd.M_FATAL,
                      f"no guest selected (prefix {self.cfg.prefix!r}, VGs "
