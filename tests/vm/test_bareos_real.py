@@ -375,10 +375,9 @@ def pending_incremental_sends_changes_and_accurate_records_the_deletion(bed):
 
 
 def test_jobs_ran_in_one_bareos_fd_process(bed):
-    need(bed, "full", "incr")
+    need(bed, "full")
     assert bed.bareos.fd_alive() and bed.bareos.fd_pid() == bed.fd_pid, \
         f"bareos-fd pid {bed.fd_pid} at start, now {bed.bareos.fd_pid()} (alive: {bed.bareos.fd_alive()})"
-    assert bed.jobs["incr"]["status"] == "T"
 
 
 def test_failing_guest_fails_the_job_and_keeps_its_last_good_files(bed):
