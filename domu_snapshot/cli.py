@@ -16,7 +16,7 @@ import syslog
 from . import commands, loop, mount, partitions
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, load_config
-from .errors import DomuError, LockBusy, ProbeError
+from .errors import DomuError, LockBusy, ProbeError, one_line
 from .lifecycle import Runner
 from .lock import RunLock
 
@@ -82,7 +82,9 @@ class Output:
     def __call__(self, level, message):
         # One line per message: a tool's multi-line stderr (e2fsck, lvm) would otherwise break
         # the one-line-per-guest output that job logs and syslog consumers rely on.
-        message = " / ".join(part.strip() for part in str(message).splitlines() if part.strip())
+        # Escaped too: guest-controlled text (names, agent replies) must not forge lines or
+        # send escape sequences to a terminal.
+        message = one_line(message)
         stream = sys.stderr if level in ("error", "warning") else sys.stdout
         prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
         print(prefix + message, file=stream, flush=True)
@@ -320,7 +322,7 @@ def cmd_list(runner, args, out):
                    "problem": None}
             if disk.origin.active:
                 try:
-                    choice = partitions.choose(_probe_origin(disk), runner.cfg.for_guest(guest.name, "partition"),
+                    choice = partitions.choose(_probe_origin(disk), runner.cfg.for_disk(guest, disk, "partition"),
                                                runner.cfg.filesystems)
                     row.update(partition=choice.number, fs=choice.fs, offset=choice.offset)
                 except (ProbeError, CommandError) as exc:
@@ -336,7 +338,7 @@ def cmd_list(runner, args, out):
         part = "whole" if row["partition"] == 0 else ("-" if row["partition"] is None else str(row["partition"]))
         print(f"{row['guest']:24} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
               f"{'-' if row['offset'] is None else row['offset']:>12} {'yes' if row['mounted'] else 'no'}"
-              + (f"  ({row['problem']})" if row["problem"] else ""))
+              + (f"  ({one_line(row['problem'])})" if row["problem"] else ""))
     return EXIT_OK
 
 
@@ -386,7 +388,7 @@ def cmd_check(runner, args, out):
     def report(ok, text):
         nonlocal problems
         problems += not ok
-        print(("ok      " if ok else "PROBLEM ") + text)
+        print(("ok      " if ok else "PROBLEM ") + one_line(text))
 
     for tool in REQUIRED_TOOLS:
         report(shutil.which(tool, path=commands.tool_path()) is not None, f"tool {tool}")

@@ -51,6 +51,16 @@ class Config:
         """A per-guest value when `[guest NAME]` sets it, else the run's value."""
         return self.guests.get(name, {}).get(key, getattr(self, key))
 
+    def for_disk(self, guest, disk, key):
+        """The value for one disk of a guest: `[guest vg/lv]` or `[guest LV]` of that disk first
+        (a libvirt domain groups several LVs into one guest named after the domain, and a section
+        named after one of its LVs still applies to that disk), then the guest's, then the run's."""
+        for name in (disk.key, disk.lv, guest.name, guest.domain):
+            value = self.guests.get(name, {}).get(key) if name else None
+            if value is not None:
+                return value
+        return getattr(self, key)
+
 
 _LIST_KEYS = {"vgs", "include", "exclude", "filesystems"}
 _FLOAT_KEYS = {"lock_timeout", "quiesce_timeout", "settle_timeout"}

@@ -286,7 +286,7 @@ class Runner:
                 origin = disk.origin
                 if origin is None or origin.is_thin:
                     continue  # thin snapshots take pool space, not VG space
-                spec = self.cfg.for_guest(guest.name, "snapshot_size")
+                spec = self.cfg.for_disk(guest, disk, "snapshot_size")
                 try:
                     extents = lvm.snapshot_extents(origin, spec)
                 except ValueError as exc:
@@ -401,8 +401,8 @@ class Runner:
         """All disks of the guest, back to back (inside one quiesce window when quiesced)."""
         def snapshot_all():
             for disk in guest.disks:
-                spec = self.cfg.for_guest(guest.name, "snapshot_size")
-                chunk = self.cfg.for_guest(guest.name, "chunk_size")
+                spec = self.cfg.for_disk(guest, disk, "snapshot_size")
+                chunk = self.cfg.for_disk(guest, disk, "chunk_size")
                 try:
                     lvm.create_snapshot(disk.origin, spec, chunk, self.owner)
                 except CommandError as exc:
@@ -470,7 +470,7 @@ class Runner:
         except ProbeError as exc:
             raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
         try:
-            choice = partitions.choose(probed, self.cfg.for_guest(guest.name, "partition"), self.cfg.filesystems)
+            choice = partitions.choose(probed, self.cfg.for_disk(guest, disk, "partition"), self.cfg.filesystems)
         except ProbeError as exc:
             if partitions.only_swap(probed):
                 result.note = "holds only swap"
@@ -628,7 +628,7 @@ class Runner:
                             f"guest kept writing): files read from it may be wrong or unreadable, so this "
                             f"guest's backup is not reliable",
                             f"give snapshots more room (snapshot_size, now "
-                            f"{self.cfg.for_guest(guest.name, 'snapshot_size')}; e.g. 20%ORIGIN or an absolute "
+                            f"{self.cfg.for_disk(guest, disk, 'snapshot_size')}; e.g. 20%ORIGIN or an absolute "
                             f"size like 4G) and run the backup again"))
                     step = "snapshot removal"
                     lvm.remove_snapshot(snapshot, self.cfg.busy_retries)

@@ -9,7 +9,7 @@ import time
 import bareosfd
 
 from ..config import load_config
-from ..errors import DomuError
+from ..errors import DomuError, one_line
 from .options import Options, config_overrides
 from .restore import Restore
 from .walk import Entry, GuestStats, disk_entries, stat_packet, _S_IFMT, _S_IFREG
@@ -64,10 +64,10 @@ class PluginJob:
 
     # messages -----------------------------------------------------------------------------------
     def job(self, level, text):
-        bareosfd.JobMessage(level, f"{PLUGIN}: {text}\n")
+        bareosfd.JobMessage(level, f"{PLUGIN}: {one_line(text)}\n")
 
     def debug(self, text, level=DEBUG_LEVEL):
-        bareosfd.DebugMessage(level, f"{PLUGIN}: {text}\n")
+        bareosfd.DebugMessage(level, f"{PLUGIN}: {one_line(text)}\n")
 
     def runner_log(self, level, message):
         """The Runner's log: warnings and notes go to the job log (a note, e.g. "no libvirt on

@@ -1,6 +1,9 @@
 """One walk over a mounted guest disk: what the file daemon gets for each entry.
 
 Directories come after their contents; symlinks are never followed; stat values are lstat's.
+Each directory is entered once, by its (st_dev, st_ino): a crafted filesystem with a second link
+to a directory cannot make a walk repeat a tree or run without end. Names in messages are escaped
+(errors.shown): they are the guest's.
 """
 
 import collections
@@ -9,6 +12,8 @@ import stat
 import time
 
 import bareosfd
+
+from ..errors import shown
 
 _S_ISDIR = stat.S_ISDIR
 _S_IFMT = 0o170000
@@ -93,6 +98,7 @@ class GuestStats:
         self.files_read = 0        # opened by the file daemon for their data
         self.bytes_read = 0
         self.read_errors = 0       # open or read failed: the entry went out without (all) data
+        self.relinked_dirs = 0     # second links to a directory already entered (not saved)
         self.started = time.monotonic()
         self._linked = set()
 
@@ -122,14 +128,23 @@ def disk_entries(root, dev_id, stats, report):
             report(bareosfd.M_ERROR,
                    f"not saved: name is not valid UTF-8, which Bareos file names must be: "
                    f"{os.fsencode(path)!r}{more}")
+        elif kind == "relinked":
+            stats.relinked_dirs += 1
+            report(bareosfd.M_ERROR,
+                   f"not saved: {shown(path)} is another link to the directory {shown(detail)}, which "
+                   f"is saved under that name only (a filesystem with directory hard links is "
+                   f"damaged or crafted: run e2fsck on the guest)")
+        elif kind == "other-fs":
+            report(bareosfd.M_WARNING, f"not saved: another filesystem is mounted on {shown(path)} "
+                                       f"(only the guest's own filesystem is saved)")
         elif kind == "scandir":
             stats.unreadable += 1
             incomplete.append(path)
-            report(bareosfd.M_ERROR, f"cannot read directory {path}: {detail.strerror or detail}")
+            report(bareosfd.M_ERROR, f"cannot read directory {shown(path)}: {detail.strerror or detail}")
         else:
             stats.unreadable += 1
             incomplete.append(path)
-            report(bareosfd.M_ERROR, f"cannot stat {path}: {detail.strerror or detail}")
+            report(bareosfd.M_ERROR, f"cannot stat {shown(path)}: {detail.strerror or detail}")
 
     def other(path, st):
         """The Entry of anything but a regular file (directories too), or None."""
@@ -143,7 +158,7 @@ def disk_entries(root, dev_id, stats, report):
             return None
         if not is_utf8(link):
             stats.bad_names += 1
-            report(bareosfd.M_ERROR, f"not saved: symlink {path} has a target that is not valid "
+            report(bareosfd.M_ERROR, f"not saved: symlink {shown(path)} has a target that is not valid "
                                      f"UTF-8: {os.fsencode(link)!r}")
             return None
         stats.entries += 1
@@ -154,6 +169,7 @@ def disk_entries(root, dev_id, stats, report):
     # (nearly all entries) are decided inline; everything else goes through other()/classify().
     ft_reg, ft_rege = bareosfd.FT_REG, bareosfd.FT_REGE
     top_st = os.lstat(root)
+    entered = {(top_st.st_dev, top_st.st_ino): root}   # directory identity -> the path saved
     try:
         children = _list_dir(root)
     except OSError as exc:
@@ -185,6 +201,13 @@ def disk_entries(root, dev_id, stats, report):
                 yield _new_entry((child.path, st, dev_id, ft_reg, "", False))
                 continue
             if fmt == _S_IFDIR:
+                if st.st_dev != top_st.st_dev:
+                    problem("other-fs", child.path, None)
+                    continue
+                first = entered.setdefault((st.st_dev, st.st_ino), child.path)
+                if first != child.path:
+                    problem("relinked", child.path, first)
+                    continue
                 try:
                     grandchildren = _list_dir(child.path)
                 except OSError as exc:

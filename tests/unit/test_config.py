@@ -147,3 +147,22 @@ def test_the_cli_exits_2_naming_the_key_before_anything_runs(tmp_path, capsys, a
     assert cli.main(["--no-syslog", "--config", path, *args, "unmount", "--all"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("domu-snapshot: ") and key in err
+
+
+def test_a_disk_section_applies_to_that_disk_of_a_grouped_guest(tmp_path):
+    """libvirt groups domain db01's LVs into one guest named db01; `[guest LV]` still sets that
+    disk's values, before the domain's section, which sets the rest."""
+    from domu_snapshot.lifecycle import Disk, Guest
+    path = tmp_path / "c.conf"
+    path.write_text("[domu-snapshot]\nsnapshot_size = 10%ORIGIN\n"
+                    "[guest db01]\nsnapshot_size = 2G\npartition = 1\n"
+                    "[guest domu-db01-data]\nsnapshot_size = 8G\npartition = whole\n"
+                    "[guest vg1/domu-db01-logs]\nchunk_size = 64k\n")
+    cfg = load_config(str(path))
+    root, data, logs = (Disk("vg1", lv, f"/m/vg1/{lv}") for lv in ("domu-db01", "domu-db01-data", "domu-db01-logs"))
+    guest = Guest("db01", [root, data, logs], domain="db01")
+    assert [cfg.for_disk(guest, d, "snapshot_size") for d in guest.disks] == ["2G", "8G", "2G"]
+    assert [cfg.for_disk(guest, d, "partition") for d in guest.disks] == ["1", "whole", "1"]
+    assert [cfg.for_disk(guest, d, "chunk_size") for d in guest.disks] == ["", "", "64k"]
+    alone = Guest("domu-web01", [Disk("vg1", "domu-web01", "/m/vg1/domu-web01")])
+    assert cfg.for_disk(alone, alone.disks[0], "snapshot_size") == "10%ORIGIN"

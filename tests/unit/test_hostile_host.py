@@ -141,7 +141,8 @@ start = st.one_of(st.sampled_from([2048, 4096, 6144, 8192, 10240, 12288]), st.in
 length = st.one_of(st.sampled_from([4096, 6144, 8192, 2048, 1, 0]), st.integers(0, SECTORS + 4096))
 mbr_part = st.builds(hd.MbrPart, start=start, length=length,
                      ptype=st.sampled_from([0x83, 0x83, 0x83, 0x05, 0x0F, 0x85, 0x82, 0x00, 0xEE, 0x8E]))
-gpt_part = st.builds(lambda first, n, kind: hd.GptPart(first, first + n - 1, kind),
+# A zero length gives last = first - 1: at first 0 that is LBA 2**64 - 1 as a table stores it.
+gpt_part = st.builds(lambda first, n, kind: hd.GptPart(first, (first + n - 1) % 2 ** 64, kind),
                      start, length, st.sampled_from([hd.LINUX_FS, hd.LINUX_FS, hd.LUKS]))
 often = lambda usual, *odd: st.one_of(st.just(usual), st.sampled_from(odd))  # noqa: E731
 
@@ -216,7 +217,9 @@ def _write_table(image, spec) -> list[int]:
     return [p.first for p in spec["parts"]]
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+# derandomize: every run tries the same examples, so a CI run fails only on a change of the code
+# (a new search found the gpt_part bug above in the fixture, not in the tool: a red CI for nothing).
+@settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow,
                                                                  HealthCheck.function_scoped_fixture])
 @given(spec=table, fs_at=st.lists(st.integers(0, 3), min_size=1, max_size=3, unique=True),
        wanted=st.sampled_from(["auto", "auto", "whole", "1", "2", "5"]))

@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -178,3 +179,49 @@ def test_stat_packet_takes_lstat_values(tree):
     assert packet.st_mode == st.st_mode
     assert packet.st_dev == st.st_dev & 0xFFFFFFFF
     assert plugin.stat_packet(st, 3).st_dev == 3
+
+
+@pytest.fixture
+def bind_mounts():
+    """Bind mounts made by a test, undone afterwards (a bind mount is how a host shows one
+    directory at two paths: same st_dev and st_ino, like a directory hard link of a crafted guest)."""
+    made = []
+
+    def bind(source, target):
+        subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+        made.append(str(target))
+    yield bind
+    for target in reversed(made):
+        subprocess.run(["umount", target], check=True)
+
+
+def test_a_directory_reached_twice_is_walked_once(tmp_path, bind_mounts):
+    root = tmp_path / "guest"
+    (root / "a" / "sub").mkdir(parents=True)
+    (root / "a" / "sub" / "data.txt").write_text("once\n")
+    odd = "b\x1b[2J\nforged line"                # a guest-made name: escape sequence, new line
+    (root / odd / "again").mkdir(parents=True)
+    (root / "a" / "sub" / "loop").mkdir()
+    bind_mounts(root / "a" / "sub", root / odd / "again")     # a DAG: the same directory twice
+    bind_mounts(root / "a", root / "a" / "sub" / "loop")      # a cycle: an ancestor inside
+    entries, messages, stats = walk(root)
+    paths = sorted(os.path.relpath(e.path, root) for e in entries)
+    # a/sub/loop and odd/again show directories already entered: named in an error, not saved
+    assert paths == sorted([".", "a", "a/sub", "a/sub/data.txt", odd]), paths
+    assert stats.relinked_dirs == 2
+    relinked = [text for level, text in messages if "another link to the directory" in text]
+    assert len(relinked) == 2 and all(level == bareosfd.M_ERROR for level, text in messages
+                                      if text in relinked), messages
+    again = next(t for t in relinked if "again" in t)
+    assert "b\\x1b[2J\\nforged line/again" in again and "\x1b" not in again and "\n" not in again
+    assert f"{root}/a/sub" in again
+
+
+def test_another_filesystem_below_a_guest_is_not_walked(tmp_path, bind_mounts):
+    root = tmp_path / "guest"
+    (root / "proc").mkdir(parents=True)
+    bind_mounts("/proc", root / "proc")
+    entries, messages, _stats = walk(root)
+    assert sorted(os.path.relpath(e.path, root) for e in entries) == ["."]
+    assert [(level, "another filesystem is mounted on" in text) for level, text in messages] == \
+        [(bareosfd.M_WARNING, True)]

@@ -428,6 +428,73 @@ def test_plugin_never_follows_guest_symlinks(hvg, content_guest, tmp_path):
     assert not os.path.exists("/tmp/hostile-guest-ran")
 
 
+# ------------------------------------------------------- a crafted directory graph (issue 13)
+
+EVIL_DIR = "\x01dir\x1b[2J\nOK      forged line"     # sorts first; an escape sequence, a new line
+
+
+def _plugin_backup(mount_root, lv):
+    definition = fd_harness.example_plugin_definition(
+        module_path=str(fd_harness.PLUGIN_DIR), mount_root=str(mount_root), vg=VG, prefix=PREFIX,
+        include=lv, quiesce="none")
+    old = os.environ.get("DOMU_SNAPSHOT_CONFIG")
+    os.environ["DOMU_SNAPSHOT_CONFIG"] = "/nonexistent/domu-snapshot.conf"
+    try:
+        return FileDaemon(definition).backup()
+    finally:
+        if old is None:
+            os.environ.pop("DOMU_SNAPSHOT_CONFIG")
+        else:
+            os.environ["DOMU_SNAPSHOT_CONFIG"] = old
+
+
+@pytest.fixture(scope="module")
+def relinked_guest(hvg):
+    """ext4 whose directory EVIL_DIR/sub has a second name, z/again (a directory hard link: only
+    debugfs can make one; the kernel never does). Left clean, so no e2fsck runs that could undo it."""
+    src = WORK / "relinked-src"
+    if src.exists():
+        shutil.rmtree(src)
+    (src / EVIL_DIR / "sub").mkdir(parents=True)
+    (src / EVIL_DIR / "sub" / "data.txt").write_text("saved once\n")
+    (src / "z").mkdir()
+    image = hd.new_image(WORK / "relinked.img", 32)
+    expect = hd.content_image(image, src, CONTENT_MARKER)
+    shutil.rmtree(src)
+    fs = hd.ext_at(image, expect.offset)
+    # the inode of EVIL_DIR/sub, by the name debugfs can be given (no control characters in it)
+    listing = subprocess.run(["debugfs", "-R", "ls -l /", fs], capture_output=True, text=True, check=True).stdout
+    evil_ino = next(int(line.split()[0]) for line in listing.splitlines() if "forged line" in line)
+    sub = subprocess.run(["debugfs", "-R", f"ls -l <{evil_ino}>", fs], capture_output=True, text=True,
+                         check=True).stdout
+    sub_ino = next(int(line.split()[0]) for line in sub.splitlines() if line.split()[-1:] == ["sub"])
+    subprocess.run(["debugfs", "-w", "-R", f"link <{sub_ino}> /z/again", fs], capture_output=True, check=True)
+    check = subprocess.run(["debugfs", "-R", "ls -l /z/again", fs], capture_output=True, text=True, check=True)
+    assert "data.txt" in check.stdout, check.stdout + check.stderr
+    g = hd.add_image(hvg, PREFIX + "relinked", image, expect)
+    yield g
+    hvg.remove_guest(g.lv)
+    image.unlink()
+
+
+def test_plugin_saves_a_relinked_directory_once_and_escapes_guest_names(hvg, relinked_guest, tmp_path):
+    g = relinked_guest
+    mount_root = tmp_path / "plugin mnt"
+    result = _plugin_backup(mount_root, g.lv)
+    assert result.job.fatal == [], result.job.messages
+    root = os.path.join(str(mount_root), VG, g.lv)
+    saved = sorted(os.path.relpath(r.fname, root) for r in result.records if r.fname.startswith(root))
+    assert saved == sorted([".", hd.MARKER, "lost+found", EVIL_DIR, f"{EVIL_DIR}/sub",
+                            f"{EVIL_DIR}/sub/data.txt", "z"]), saved
+    assert result.status == "W"                              # an error was reported, the job went on
+    (relinked,) = [t for t in result.job.errors if "another link to the directory" in t]
+    assert f"{root}/z/again" in relinked and "\\x01dir\\x1b[2J\\nOK      forged line/sub" in relinked
+    for mtype, text in result.job.messages:                  # no message carries a raw control character
+        assert not re.search("[\x00-\x09\x0b-\x1f\x7f]", text) and text.count("\n") <= 1, (mtype, text)
+    assert hvg.leftovers() == [] and not os.path.exists(mount_root / VG)
+    assert g.unchanged()
+
+
 # ------------------------------------------------------------------ many files, deep trees
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ Two witnesses write to one event file, in the order things happen:
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -19,7 +20,7 @@ import pytest
 
 libvirt = pytest.importorskip("libvirt")
 
-from domu_snapshot import commands, quiesce  # noqa: E402
+from domu_snapshot import commands, lvm, quiesce  # noqa: E402
 from domu_snapshot.config import Config  # noqa: E402
 from domu_snapshot.lifecycle import GuestResult, Runner  # noqa: E402
 from tests.guestdisks import compare_tree  # noqa: E402
@@ -264,5 +265,22 @@ def test_shut_off_domain_is_snapshotted_without_quiesce(tmp_path, guest_vg, two_
     try:
         assert events.read() == [f"lvcreate {VG}/{ROOT}", f"lvcreate {VG}/{DATA}"]
         assert result.quiesce == "none" and not result.notes
+    finally:
+        torn_down(runner, guest, guest_vg)
+
+
+def test_a_section_named_after_one_lv_of_a_domain_sets_that_disk(tmp_path, guest_vg, two_disks, events):
+    """Guest qa is the domain's two LVs: `[guest qa]` sets both disks, `[guest <data LV>]` the data
+    disk only (issue 13: sections by LV name apply to libvirt-grouped disks too)."""
+    runner, conn, _ = make_runner(tmp_path, domain_file(tmp_path), events, quiesce="none", snapshot_size="4M",
+                                  guests={"qa": {"snapshot_size": "8M"}, DATA: {"snapshot_size": "16M"}})
+    guest, result = snapshots_only(runner)
+    try:
+        assert result.ok, result.error
+        rows = json.loads(subprocess.run(
+            ["lvs", "--reportformat", "json", "--units", "m", "--nosuffix", "-o", "lv_name,lv_size", VG],
+            capture_output=True, text=True, check=True).stdout)["report"][0]["lv"]
+        sizes = {row["lv_name"]: float(row["lv_size"]) for row in rows}
+        assert sizes[ROOT + lvm.SUFFIX] == 8.0 and sizes[DATA + lvm.SUFFIX] == 16.0, sizes
     finally:
         torn_down(runner, guest, guest_vg)
