@@ -13,7 +13,7 @@ import signal
 import sys
 import syslog
 
-from . import commands, loop, mount, partitions
+from . import commands, fsck, loop, mount, partitions
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
@@ -295,17 +295,19 @@ def _logical_sector_size(path):
         return 512
 
 
-def _probe_origin(disk):
-    """Partition choice of an origin LV, read through a read-only loop device (with the LV's
-    logical sector size: a loop device has 512-byte sectors unless told, and the LBAs of a table
-    written on a 4096-byte-sector disk count 4 KiB sectors)."""
+def _probe_origin(disk, partition, filesystems):
+    """Partition choice of an origin LV and why its filesystem would be refused (fsck.refusal:
+    (message, hint) or None), read through a read-only loop device (with the LV's logical sector
+    size: a loop device has 512-byte sectors unless told, and the LBAs of a table written on a
+    4096-byte-sector disk count 4 KiB sectors)."""
     argv = ["losetup", "--read-only", "--find", "--show"]
     sector_size = _logical_sector_size(disk.lv_path)
     if sector_size != 512:
         argv += ["--sector-size", str(sector_size)]
     device = commands.run(argv + [disk.lv_path], changes_system=False).stdout.strip()
     try:
-        return partitions.probe_isolated(device)
+        choice = partitions.choose(partitions.probe_isolated(device), partition, filesystems)
+        return choice, fsck.refusal(fsck.read_superblock(device, choice.offset), choice.where(disk.key))
     finally:
         loop.detach(device, undo=True)  # the attach above is a query's: undone in dry-run too
 
@@ -322,9 +324,11 @@ def cmd_list(runner, args, out):
                    "problem": None}
             if disk.origin.active:
                 try:
-                    choice = partitions.choose(_probe_origin(disk), runner.cfg.for_disk(guest, disk, "partition"),
-                                               runner.cfg.filesystems)
+                    choice, refused = _probe_origin(disk, runner.cfg.for_disk(guest, disk, "partition"),
+                                                    runner.cfg.filesystems)
                     row.update(partition=choice.number, fs=choice.fs, offset=choice.offset)
+                    if refused:
+                        row["problem"] = refused[0]
                 except (ProbeError, CommandError) as exc:
                     row["problem"] = str(exc)
             else:

@@ -481,6 +481,10 @@ class Runner:
         if superblock is None:
             raise GuestError(guest.name, "partition", f"{disk.key}: no ext superblock at byte {choice.offset}",
                              "the partition table points elsewhere than the filesystem; set partition=N")
+        # Before any e2fsck or mount: both would open the journal's device, not the snapshot.
+        refused = fsck.refusal(superblock, choice.where(disk.key))
+        if refused:
+            raise GuestError(guest.name, "journal check", *refused)
         if superblock.size > choice.size:
             raise GuestError(
                 guest.name, "partition",
@@ -494,6 +498,8 @@ class Runner:
                              "check for free loop devices (losetup --list) and that the loop module is loaded") from None
         try:
             result.journal = fsck.replay(result.loop)
+        except ProbeError as exc:
+            raise GuestError(guest.name, "journal check", exc.message, exc.hint) from None
         except CommandError as exc:
             raise GuestError(
                 guest.name, "journal replay", exc.summary(),

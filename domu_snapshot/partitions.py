@@ -231,6 +231,10 @@ class Choice:
         where = "whole disk" if self.number == 0 else f"partition {self.number} ({self.label})"
         return f"{where}, {self.fs} at byte {self.offset}"
 
+    def where(self, device):
+        """`device` and where on it, for messages: "vg/lv partition 1", "vg/lv (whole disk)"."""
+        return f"{device} (whole disk)" if self.number == 0 else f"{device} partition {self.number}"
+
 
 def _listing(partitions):
     shown = [f"{p['number']}:{p.get('fs') or 'unknown'}" for p in partitions if p.get("kind") != "extended"]
