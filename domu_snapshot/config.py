@@ -42,6 +42,10 @@ class Config:
     quiesce_timeout: float = 10.0
     settle_timeout: float = 10.0
     busy_retries: int = 5
+    # Thin origins: no snapshot in a pool whose data or metadata use is at or above these (percent);
+    # every block a guest writes while its snapshot exists takes a new block of the pool.
+    thin_pool_max_data_percent: float = 90.0
+    thin_pool_max_metadata_percent: float = 80.0
     syslog: bool = True
     dry_run: bool = False
     allow_empty: bool = False  # `mount --all` selecting no guest: exit 0 (else 1)
@@ -63,7 +67,8 @@ class Config:
 
 
 _LIST_KEYS = {"vgs", "include", "exclude", "filesystems"}
-_FLOAT_KEYS = {"lock_timeout", "quiesce_timeout", "settle_timeout"}
+_FLOAT_KEYS = {"lock_timeout", "quiesce_timeout", "settle_timeout", "thin_pool_max_data_percent",
+               "thin_pool_max_metadata_percent"}
 _INT_KEYS = {"busy_retries"}
 _BOOL_KEYS = {"syslog", "dry_run", "allow_empty"}
 _ALIASES = {"vg": "vgs"}
@@ -118,6 +123,9 @@ _RANGES = {
     "quiesce_timeout": (0.0, 24 * 3600.0, False),
     "settle_timeout": (0.0, 3600.0, True),
     "busy_retries": (1, 100, True),
+    # 100: refuse only a full pool; 0 would refuse every thin origin
+    "thin_pool_max_data_percent": (0.0, 100.0, False),
+    "thin_pool_max_metadata_percent": (0.0, 100.0, False),
 }
 
 _CHUNK = re.compile(r"^(?P<num>\d+)(?P<unit>[bskmgtpe]?)$", re.I)
@@ -168,7 +176,8 @@ def validate(cfg):
     for key, (low, high, low_ok) in _RANGES.items():
         value = getattr(cfg, key)
         if isinstance(value, float) and not math.isfinite(value):
-            raise DomuError(f"configuration: {key} must be a finite number of seconds, not {value!r}")
+            unit = " (percent)" if key.endswith("_percent") else " of seconds"
+            raise DomuError(f"configuration: {key} must be a finite number{unit}, not {value!r}")
         if value < low or (value == low and not low_ok) or value > high:
             bound = f"at least {low:g}" if low_ok else f"more than {low:g}"
             raise DomuError(f"configuration: {key} must be {bound} and at most {high:g}, not {value!r}")

@@ -122,6 +122,7 @@ class SystemState:
     mounts: list  # (target, source) under the mount root, deepest first
     loops: list  # loop.LoopDevice
     snapshots: dict  # "vg/name" -> LogicalVolume of our tagged snapshots
+    pools: dict = dataclasses.field(default_factory=dict)  # "vg/pool" -> LogicalVolume of thin pools
 
     def our_loops(self):
         """Loop device name -> our snapshot behind it (matched by the backing device's rdev)."""
@@ -296,7 +297,7 @@ class Runner:
                 members.setdefault(origin.vg, []).append(guest)
             for vg, size in per_vg.items():
                 need[vg] = need.get(vg, 0) + size if concurrent else max(need.get(vg, 0), size)
-        errors = {}
+        errors = self._check_thin_pools(guests)
         for vg, needed in need.items():
             if needed > free[vg]:
                 error_for = lambda g: GuestError(  # noqa: E731
@@ -306,7 +307,38 @@ class Runner:
                     f"free space in {vg} (vgextend, or remove an unused LV), or lower snapshot_size "
                     f"(now {self.cfg.snapshot_size})")
                 for guest in members[vg]:
-                    errors[guest.name] = error_for(guest)
+                    errors.setdefault(guest.name, error_for(guest))
+        return errors
+
+    def _check_thin_pools(self, guests):
+        """Per-guest GuestError for guests with a thin origin in a pool that is (nearly) full.
+
+        A thin snapshot takes no space when made, but every block the guest writes while it exists
+        needs a new block of the pool, and a pool that runs full fails or stalls the guest's own
+        writes: so no snapshot is made in a pool at or above thin_pool_max_data_percent /
+        thin_pool_max_metadata_percent (from discover()'s report; pools are always listed)."""
+        pools = {lv.key: lv for lv in self._volumes or [] if lv.is_thin_pool}
+        errors = {}
+        for guest in guests:
+            if not guest.active:
+                continue
+            for disk in guest.disks:
+                origin = disk.origin
+                pool = pools.get(origin.pool_key) if origin is not None else None
+                if pool is None:
+                    continue
+                why = lvm.pool_too_full(pool, self.cfg.thin_pool_max_data_percent,
+                                        self.cfg.thin_pool_max_metadata_percent)
+                if why:
+                    errors[guest.name] = GuestError(
+                        guest.name, "space check",
+                        f"{disk.key} is a thin LV in {why}: a snapshot now could let the pool run full while "
+                        f"the guest writes, and a full pool fails or stalls the guest's own writes; nothing "
+                        f"was created for this guest",
+                        f"give the pool room (lvextend -L +SIZE {pool.key}; for its metadata lvextend "
+                        f"--poolmetadatasize +SIZE {pool.key}), or remove thin LVs it no longer needs "
+                        f"(lvs {pool.vg} shows them)")
+                    break
         return errors
 
     # -------------------------------------------------------------- prepare
@@ -533,6 +565,7 @@ class Runner:
             mounts=mount.under(self.cfg.mount_root),
             loops=loop.list_all(),
             snapshots={lv.key: lv for lv in volumes if lv.ours},
+            pools={lv.key: lv for lv in volumes if lv.is_thin_pool},
         )
 
     def teardown(self, guests, state=None, stale=False):
@@ -636,6 +669,14 @@ class Runner:
                             f"give snapshots more room (snapshot_size, now "
                             f"{self.cfg.for_disk(guest, disk, 'snapshot_size')}; e.g. 20%ORIGIN or an absolute "
                             f"size like 4G) and run the backup again"))
+                    pool = state.pools.get(snapshot.pool_key)
+                    full = pool.pool_full if pool is not None else ""
+                    if full and stale:
+                        result.notes.append(
+                            f"the leftover snapshot {snapshot.key} of an earlier run is in thin pool {pool.key}, "
+                            f"which ran full ({full}): removed")
+                    elif full:
+                        result.fail(_pool_full_error(guest.name, snapshot, pool, full))
                     step = "snapshot removal"
                     lvm.remove_snapshot(snapshot, self.cfg.busy_retries)
                 self._remove_files(disk.mount_path)
@@ -719,6 +760,19 @@ class Runner:
                     mount.remove_empty_dirs(path, root)
             quiesce.remove_stale_domain_xml(vg_dir, keep)
             mount.remove_empty_dirs(vg_dir, root)
+
+
+def _pool_full_error(name, snapshot, pool, full):
+    """The failure of a guest whose snapshot's thin pool ran full while it existed."""
+    writes = {"error": "failed", "queue": "stalled (queued) and then failed"}.get(pool.when_full, "failed or stalled")
+    return GuestError(
+        name, "thin pool",
+        f"thin pool {pool.key} ran full during the backup ({full}; {pool.pool_use()}): the guest's own "
+        f"writes to its disks in that pool {writes} meanwhile, and reads of snapshot {snapshot.key} may have "
+        f"failed, so the files read may be incomplete: this guest's backup is not reliable",
+        f"give the pool room (lvextend -L +SIZE {pool.key}; for its metadata lvextend --poolmetadatasize "
+        f"+SIZE {pool.key}) or remove thin LVs it no longer needs, check the guest (its writes failed), and "
+        f"run the backup again")
 
 
 def _gib(size):

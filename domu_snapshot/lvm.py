@@ -28,8 +28,20 @@ _DM_SUFFIXES = ("-cow", "-real")
 
 _REPORT_FIELDS = (
     "lv_name,vg_name,lv_attr,lv_path,lv_dm_path,origin,snap_percent,data_percent,lv_tags,"
-    "lv_size,lv_active,lv_kernel_major,lv_kernel_minor,segtype,pool_lv,vg_extent_size,vg_free,lv_uuid"
+    "lv_size,lv_active,lv_kernel_major,lv_kernel_minor,segtype,pool_lv,vg_extent_size,vg_free,lv_uuid,"
+    "metadata_percent,lv_metadata_size,lv_health_status,lv_when_full"
 )
+
+# A thin pool's lv_health_status (and lv_attr[8]) when it can no longer give blocks to its thin
+# LVs: out of data space (writes fail or queue), metadata read-only, or failed.
+POOL_HEALTH_FULL = {"out_of_data": "out of data space", "metadata_read_only": "metadata read-only",
+                    "failed": "failed"}
+_POOL_ATTR_FULL = {"D": "out of data space", "M": "metadata read-only", "F": "failed"}
+# A pool that ran out of data space goes back to writing once a commit frees a few blocks (the
+# kernel's dm-thin), so after the fact it may show a few chunks free and no out-of-data state:
+# less than this left (the smaller of the two) counts as full.
+NEARLY_FULL_BYTES = 256 * 1024 ** 2
+NEARLY_FULL_FRACTION = 0.01
 
 
 @dataclasses.dataclass
@@ -51,6 +63,11 @@ class LogicalVolume:
     pool: str
     extent_size: int
     vg_free: int
+    # thin pools (data_percent above is the pool's data use): metadata use, sizes, health
+    metadata_percent: float = None
+    metadata_size: int = 0  # bytes
+    health: str = ""  # lv_health_status: "", "out_of_data", "metadata_read_only", "failed", ...
+    when_full: str = ""  # thin pools: "error" or "queue" (lv_when_full)
 
     @property
     def key(self):
@@ -79,6 +96,42 @@ class LogicalVolume:
     @property
     def is_pool(self):
         return self.volume_type in ("t", "d") or self.segtype in ("thin-pool", "cache-pool", "vdo-pool")
+
+    @property
+    def is_thin_pool(self):
+        return self.segtype == "thin-pool" or (self.volume_type == "t" and not self.segtype)
+
+    @property
+    def pool_key(self):
+        """vg/pool of a thin LV's pool ("" for anything else)."""
+        return f"{self.vg}/{self.pool}" if self.is_thin and self.pool else ""
+
+    @property
+    def pool_full(self):
+        """Why a thin pool cannot hand out blocks any more (data or metadata at 100%, out of data
+        space, metadata read-only, failed), or "" when it can (or this is no thin pool)."""
+        if not self.is_thin_pool:
+            return ""
+        why = []
+        for what, percent, size in (("data", self.data_percent, self.size),
+                                    ("metadata", self.metadata_percent, self.metadata_size)):
+            if percent is None:
+                continue
+            left = size * (100.0 - percent) / 100.0
+            if percent >= 100.0:
+                why.append(f"{what} 100% used")
+            elif left < min(NEARLY_FULL_BYTES, size * NEARLY_FULL_FRACTION):
+                why.append(f"{what} {percent:.2f}% used, {_size(left)} left")
+        state = POOL_HEALTH_FULL.get(self.health) or _POOL_ATTR_FULL.get(self.attr[8:9], "")
+        if state:
+            why.append(state)
+        return ", ".join(why)
+
+    def pool_use(self):
+        """"data 93.1% of 1.00 GiB, metadata 12.0% of 4.00 MiB" (what a thin pool's lvs shows)."""
+        data = "unknown" if self.data_percent is None else f"{self.data_percent:.1f}%"
+        meta = "unknown" if self.metadata_percent is None else f"{self.metadata_percent:.1f}%"
+        return f"data {data} of {_size(self.size)}, metadata {meta} of {_size(self.metadata_size)}"
 
     @property
     def ours(self):
@@ -130,7 +183,41 @@ def _parse(row):
         pool=row.get("pool_lv", ""),
         extent_size=_number(row.get("vg_extent_size"), int) or 4 * 1024 * 1024,
         vg_free=_number(row.get("vg_free"), int) or 0,
+        metadata_percent=_number(row.get("metadata_percent")),
+        metadata_size=_number(row.get("lv_metadata_size"), int) or 0,
+        health=(row.get("lv_health_status") or "").strip(),
+        when_full=(row.get("lv_when_full") or "").strip(),
     )
+
+
+def _size(size):
+    if size >= 1024 ** 3:
+        return f"{size / 1024 ** 3:.2f} GiB"
+    if size >= 1024 ** 2:
+        return f"{size / 1024 ** 2:.1f} MiB"
+    return f"{size / 1024:.0f} KiB"
+
+
+def pool_too_full(pool, max_data_percent, max_metadata_percent):
+    """Why a snapshot must not be made in thin pool `pool` (a LogicalVolume), or "".
+
+    A thin snapshot costs nothing when made, but every block the running guest writes while it
+    exists needs a new block of the pool; a pool that runs full fails (or stalls) the guest's
+    own writes. So a pool whose data or metadata use is at or above its threshold is refused.
+    Unknown use (an inactive pool: its thin LVs are inactive too) is not refused here."""
+    full = pool.pool_full
+    if full:
+        return f"thin pool {pool.key} is full ({full}; {pool.pool_use()})"
+    over = []
+    if pool.data_percent is not None and pool.data_percent >= max_data_percent:
+        over.append(f"data use {pool.data_percent:.1f}% is at or above thin_pool_max_data_percent "
+                    f"({max_data_percent:g}%)")
+    if pool.metadata_percent is not None and pool.metadata_percent >= max_metadata_percent:
+        over.append(f"metadata use {pool.metadata_percent:.1f}% is at or above "
+                    f"thin_pool_max_metadata_percent ({max_metadata_percent:g}%)")
+    if not over:
+        return ""
+    return f"thin pool {pool.key}: {' and '.join(over)} ({pool.pool_use()})"
 
 
 def report(vgs=()):

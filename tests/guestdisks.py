@@ -455,6 +455,7 @@ class GuestVG:
         self.pv_image = self.workdir / "pv.img"
         self.pv_loop: str | None = None
         self.guests: dict[str, GuestDisk] = {}
+        self.pools: set[str] = set()     # thin pools (add_thin_pool); not guests, not leftovers
         self.timings: dict[str, float] = {}
 
     # -- lifecycle
@@ -478,20 +479,32 @@ class GuestVG:
     def destroy(self) -> list[str]:
         """Remove everything of this VG (also what tests left on it); returns what had to be
         cleaned up beyond the fixture's own guests. Raises if something stays."""
-        return destroy_vg(self.vg, self.workdir, expected_lvs=set(self.guests))
+        return destroy_vg(self.vg, self.workdir, expected_lvs=set(self.guests) | self.pools)
+
+    def add_thin_pool(self, name: str, size_mib: int, *, metadata_mib: int = 4, errorwhenfull: bool = False) -> None:
+        """A thin pool `name` (as Proxmox VE's `data`); add_guest(..., pool=name) puts thin LVs in it.
+        errorwhenfull: a full pool fails writes at once instead of queueing them (60 s by default)."""
+        run(["lvcreate", "-q", "-y", "--type", "thin-pool", "-L", f"{size_mib}M", "--poolmetadatasize",
+             f"{metadata_mib}M", "-n", name, self.vg])
+        self.pools.add(name)
+        if errorwhenfull:   # lvcreate refuses --errorwhenfull for thin pools; lvchange takes it
+            run(["lvchange", "-q", "--errorwhenfull", "y", f"{self.vg}/{name}"])
 
     # -- guests
     def add_guest(self, lv: str, layout: str, *, size_mib: int | None = None, seed: str | None = None,
-                  dirty: bool = True, active: bool = True) -> GuestDisk:
+                  dirty: bool = True, active: bool = True, pool: str | None = None) -> GuestDisk:
         """Create LV `lv` holding a disk in `layout` (a key of LAYOUTS). `seed` picks the file
         content (default: the LV name); guests with equal layout, size, seed and dirtiness share
-        one built image, which makes many guests cheap."""
+        one built image, which makes many guests cheap. `pool`: a thin LV in that thin pool."""
         lay = LAYOUTS[layout]
         size_mib = -(-(size_mib or lay.default_mib) // 4) * 4     # whole 4 MiB extents
         seed = lv if seed is None else seed
         t0 = time.monotonic()
         image, meta = self._disk_image(lay, size_mib, seed, dirty)
-        run(["lvcreate", "-q", "-y", "-n", lv, "-L", f"{size_mib}M", self.vg])
+        if pool:
+            run(["lvcreate", "-q", "-y", "-n", lv, "-V", f"{size_mib}M", "--thinpool", pool, self.vg])
+        else:
+            run(["lvcreate", "-q", "-y", "-n", lv, "-L", f"{size_mib}M", self.vg])
         try:
             _write_image_to_device(image, f"/dev/{self.vg}/{lv}")
             if not active:
@@ -539,7 +552,8 @@ class GuestVG:
         """What is on this VG besides the fixture's guests: other LVs (snapshots), loop devices
         backed by its LVs, mounts of those. [] after a clean teardown by the code under test."""
         lvs = self.lvs()
-        found = [f"LV {self.vg}/{lv['lv_name']}" for lv in lvs if lv["lv_name"] not in self.guests]
+        found = [f"LV {self.vg}/{lv['lv_name']}" for lv in lvs
+                 if lv["lv_name"] not in self.guests and lv["lv_name"] not in self.pools]
         loops, mounts = _users_of(lvs)
         return found + [f"loop device {l}" for l in loops] + [f"mount {m}" for m in mounts]
 
