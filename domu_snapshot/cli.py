@@ -13,14 +13,42 @@ import signal
 import sys
 import syslog
 
-from . import commands, fsck, loop, mount, partitions
+from . import __version__, commands, fsck, loop, mount, partitions
 from .commands import CommandError
-from .config import QUIESCE_LEVELS, load_config
+from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
 from .lifecycle import Runner
 from .lock import RunLock
 
 EXIT_OK, EXIT_GUEST_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_MEANING = {EXIT_OK: "every guest ok", EXIT_GUEST_FAILED: "some guest failed or a check found a problem "
+                "(see its entry); the others are done", EXIT_USAGE: "usage or configuration error, or not root"}
+EXIT_CODES_TEXT = ("exit codes: 0 every guest ok; 1 some guest failed (the others are done and listed), "
+                   "or a problem was found; 2 usage or configuration error, or not root")
+
+# description, example(s) of each subcommand, for its --help
+_COMMANDS = {
+    "list": ("Guests found (prefix, --vg, --include, --exclude), the partition and offset that would be "
+             "mounted, and whether each is mounted now. Reads each origin's table through a read-only "
+             "loop device; changes nothing.",
+             "domu-snapshot list\n  domu-snapshot --vg vg0 list --json"),
+    "mount": ("Snapshot each guest's LVs (quiesced through libvirt where configured), replay the journal "
+              "on the snapshot and mount its filesystem read-only at <mount_root>/<vg>/<lv>. One line "
+              "per guest; a failed guest is torn down again, the others stay mounted.",
+              "domu-snapshot mount --all\n  domu-snapshot mount domu-web01 --json"),
+    "unmount": ("Unmount guests, detach their loop devices and remove their snapshots (with --all: every "
+                "guest of the selection, leftovers of crashed runs included).",
+                "domu-snapshot unmount --all\n  domu-snapshot unmount domu-web01"),
+    "status": ("What is mounted under the mount root, from which snapshot and how full it is, and what "
+               "is left over.", "domu-snapshot status --json"),
+    "cleanup": ("Tear down everything of this tool that is left (every VG, whatever the selection): "
+                "what the boot-time service runs.", "domu-snapshot cleanup"),
+    "check": ("Preflight: tools, kernel modules, pyparted, guests found, free space for their "
+              "snapshots, the run lock, leftovers.", "domu-snapshot check\n  domu-snapshot check --json"),
+    "config": ("Validate the configuration file and print the effective configuration, with where each "
+               "value comes from (default, file and section, command line). Needs no root.",
+               "domu-snapshot config\n  domu-snapshot --config /etc/domu-snapshot.conf config --json"),
+}
 
 REQUIRED_TOOLS = ("lvs", "lvcreate", "lvremove", "losetup", "e2fsck", "mount", "umount", "findmnt", "udevadm")
 
@@ -46,24 +74,45 @@ def _parser():
     opt.add_argument("--allow-empty", action="store_true",
                      help="`mount --all` selecting no guest exits 0 (default: 1, naming what it looked at)")
     opt.add_argument("--no-syslog", action="store_false", dest="syslog", help="do not log to syslog")
+    out = common.add_argument_group("output")
+    out.add_argument("-q", "--quiet", action="store_true", help="console: only warnings and errors "
+                     "(syslog keeps every line)")
+    out.add_argument("-v", "--verbose", action="store_true", help="console: also each command as it runs")
 
     parser = argparse.ArgumentParser(
-        prog="domu-snapshot", parents=[common],
-        description="Snapshot guest LVs and mount their filesystems read-only for file-level backups.")
+        prog="domu-snapshot", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Snapshot guest LVs and mount their filesystems read-only for file-level backups.",
+        epilog="examples:\n  domu-snapshot list\n  domu-snapshot mount --all && <back up the mount root> "
+               "; domu-snapshot unmount --all\n\n" + EXIT_CODES_TEXT)
+    parser.add_argument("--version", action="version", version=f"domu-snapshot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    p = sub.add_parser("list", parents=[common], help="guests, their partition and offset, mounted or not")
-    p.add_argument("--json", action="store_true")
-    p = sub.add_parser("mount", parents=[common], help="snapshot and mount guests")
+
+    def command(name, summary):
+        description, examples = _COMMANDS[name]
+        return sub.add_parser(name, parents=[common], help=summary, description=description,
+                              epilog=f"examples:\n  {examples}\n\n{EXIT_CODES_TEXT}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    json_help = "one JSON document on stdout (messages go to stderr)"
+    p = command("list", "guests, their partition and offset, mounted or not")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p = command("mount", "snapshot and mount guests")
     p.add_argument("guests", nargs="*", metavar="GUEST")
     p.add_argument("--all", action="store_true", help="every guest")
-    p = sub.add_parser("unmount", parents=[common], help="unmount guests and remove their snapshots")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p = command("unmount", "unmount guests and remove their snapshots")
     p.add_argument("guests", nargs="*", metavar="GUEST")
     p.add_argument("--all", action="store_true", help="every guest, and any leftover")
-    p = sub.add_parser("status", parents=[common], help="what is mounted, what is left over")
-    p.add_argument("--json", action="store_true")
-    sub.add_parser("cleanup", parents=[common], help="remove leftovers of crashed runs")
-    sub.add_parser("check", parents=[common], help="preflight: tools, kernel, space, lock, leftovers")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p = command("status", "what is mounted, what is left over")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p = command("cleanup", "remove leftovers of crashed runs")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p = command("check", "preflight: tools, kernel, space, lock, leftovers")
+    p.add_argument("--json", action="store_true", help=json_help)
+    p = command("config", "validate the configuration, print the effective values and their origin")
+    p.add_argument("--json", action="store_true", help=json_help)
     return parser
 
 
@@ -72,10 +121,14 @@ _OVERRIDES = ("prefix", "vgs", "include", "exclude", "snapshot_size", "chunk_siz
 
 
 class Output:
-    """Prints for people and logs to syslog."""
+    """Prints for people and logs to syslog (`journalctl -t domu-snapshot` finds a run's lines).
 
-    def __init__(self, use_syslog):
+    quiet: info lines only to syslog; verbose: also "debug" lines (each command) on the console;
+    json: every line to stderr, so stdout holds only the JSON document."""
+
+    def __init__(self, use_syslog, quiet=False, verbose=False, json_mode=False):
         self.use_syslog = use_syslog
+        self.quiet, self.verbose, self.json_mode = quiet, verbose, json_mode
         if use_syslog:
             syslog.openlog("domu-snapshot", syslog.LOG_PID, syslog.LOG_DAEMON)
 
@@ -85,12 +138,44 @@ class Output:
         # Escaped too: guest-controlled text (names, agent replies) must not forge lines or
         # send escape sequences to a terminal.
         message = one_line(message)
-        stream = sys.stderr if level in ("error", "warning") else sys.stdout
-        prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
-        print(prefix + message, file=stream, flush=True)
+        loud = level in ("error", "warning")
+        if level == "debug":
+            if self.verbose:
+                print("debug: " + message, file=sys.stderr, flush=True)
+            return
+        if loud or not self.quiet:
+            stream = sys.stderr if loud or self.json_mode else sys.stdout
+            prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
+            print(prefix + message, file=stream, flush=True)
         if self.use_syslog:
             priority = {"error": syslog.LOG_ERR, "warning": syslog.LOG_WARNING}.get(level, syslog.LOG_INFO)
             syslog.syslog(priority, message)
+
+
+def _disk_record(disk_result):
+    choice = disk_result.choice
+    return {"vg": disk_result.disk.vg, "lv": disk_result.disk.lv, "mount_path": disk_result.mount_path,
+            "mounted": disk_result.mounted, "partition": choice.number if choice else None,
+            "fs": choice.fs if choice else None, "offset": choice.offset if choice else None,
+            "loop_device": disk_result.loop or None, "journal": disk_result.journal or None,
+            "snapshot_peak_use_percent": disk_result.peak_percent, "note": disk_result.note or None}
+
+
+def _result_record(result):
+    """A guest's result for --json: what a monitoring check needs without parsing text."""
+    error = result.error
+    return {"guest": result.guest.name, "domain": result.guest.domain, "action": result.action,
+            "status": result.status, "failed_step": error.step if error else None,
+            "message": error.message if error else None, "hint": error.hint if error else None,
+            "seconds": round(result.seconds, 3), "quiesce": result.quiesce, "freeze_ms": result.freeze_ms,
+            "disks": [_disk_record(d) for d in result.disks], "notes": list(result.notes)}
+
+
+def _print_json(command, code, **parts):
+    document = {"command": command, **parts,
+                "summary": {"exit_code": code, "meaning": EXIT_MEANING.get(code, "")}}
+    print(json.dumps(document, indent=2))
+    return code
 
 
 def _raise_on_signal(signum, _frame):
@@ -100,17 +185,25 @@ def _raise_on_signal(signum, _frame):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    json_mode = getattr(args, "json", False)
     try:
         overrides = {key: getattr(args, key) for key in _OVERRIDES if getattr(args, key, None) is not None}
         cfg = load_config(getattr(args, "config", None), overrides)
     except DomuError as exc:
         print(f"domu-snapshot: {exc}", file=sys.stderr)
+        if json_mode:
+            _print_json(args.command, EXIT_USAGE, error=str(exc))
         return EXIT_USAGE
+    if args.command == "config":
+        return cmd_config(cfg, args)
     if os.geteuid() != 0:
         print("domu-snapshot: must run as root (it creates LVM snapshots, loop devices and mounts)", file=sys.stderr)
         return EXIT_USAGE
-    out = Output(cfg.syslog)
+    out = Output(cfg.syslog, quiet=getattr(args, "quiet", False), verbose=getattr(args, "verbose", False),
+                 json_mode=json_mode)
     commands.set_dry_run(cfg.dry_run, printer=lambda text: out("info", text))
+    commands.set_hooks(trace=lambda argv: out("debug", "run: " + " ".join(argv)),
+                       progress=lambda text: out("info", text))
     # owner "cli": helpers mode holds these snapshots between `mount` and `unmount` (lvm.OWNER_TAGS)
     runner = Runner(cfg, log=out, owner="cli")
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -120,27 +213,46 @@ def main(argv=None):
     try:
         return handler(runner, args, out)
     except LockBusy as exc:
-        out("error", str(exc))
-        return EXIT_GUEST_FAILED
+        code, text = EXIT_GUEST_FAILED, str(exc)
     except DomuError as exc:
-        out("error", str(exc))
-        return EXIT_USAGE
+        code, text = EXIT_USAGE, str(exc)
     except CommandError as exc:
-        out("error", f"{exc.summary()} -- nothing guest-specific was started; fix the cause and run again")
-        return EXIT_GUEST_FAILED
+        code, text = EXIT_GUEST_FAILED, f"{exc.summary()} -- nothing guest-specific was started; fix the cause and run again"
     except KeyboardInterrupt as exc:
-        out("error", f"interrupted ({exc or 'SIGINT'}); the guest in progress was torn down; "
-                     f"run `domu-snapshot status` to see what is still mounted")
-        return EXIT_GUEST_FAILED
+        code, text = EXIT_GUEST_FAILED, (f"interrupted ({exc or 'SIGINT'}); the guest in progress was torn "
+                                         f"down; run `domu-snapshot status` to see what is still mounted")
+    out("error", text)
+    if json_mode:
+        _print_json(args.command, code, error=one_line(text))
+    return code
+
+
+FOREACH_HELP = """usage: foreach-domu [options] mount|unmount
+
+Every guest at once, for a backup job's Client Run Before Job (mount) and Run After Job
+(unmount) scripts: the same as `domu-snapshot mount --all` and `domu-snapshot unmount --all`,
+with the same options (see domu-snapshot --help). `unmount` also exits 1 for the guests the
+last `mount` could not mount, so that the job (RunScript: Fail Job On Error = yes) ends in
+error and their last good backup stays the current one.
+
+examples:
+  foreach-domu mount
+  foreach-domu --vg vg0 --exclude 'domu-scratch*' unmount
+
+""" + EXIT_CODES_TEXT
 
 
 def foreach_main(argv=None):
     """`foreach-domu mount|unmount [options]`: all guests, for Run Before/After Job scripts."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in argv:
+        print(f"foreach-domu (domu-snapshot) {__version__}")
+        return EXIT_OK
     actions = [a for a in argv if a in ("mount", "unmount")]
-    if len(actions) != 1:
-        print("usage: foreach-domu [options] mount|unmount", file=sys.stderr)
-        return EXIT_USAGE
+    if len(actions) != 1 or "-h" in argv or "--help" in argv:
+        text = FOREACH_HELP if "-h" in argv or "--help" in argv else "usage: foreach-domu [options] mount|unmount"
+        print(text, file=sys.stdout if text is FOREACH_HELP else sys.stderr)
+        return EXIT_OK if text is FOREACH_HELP else EXIT_USAGE
     argv.remove(actions[0])
     return main([actions[0], "--all"] + argv)
 
@@ -187,23 +299,28 @@ def cmd_mount(runner, args, out):
                              f"have no guest, pass --allow-empty or set allow_empty = yes")
                 if args.all and not runner.cfg.dry_run:
                     _record_mount_failures(runner.cfg, ["(no guest selected)"])
-                return EXIT_GUEST_FAILED
+                return _finish(args, "mount", EXIT_GUEST_FAILED, [], error=f"no guest selected ({looked})")
             out("warning", f"no guest selected ({looked}); allowed (allow_empty): nothing mounted")
             if args.all and not runner.cfg.dry_run:
                 _record_mount_failures(runner.cfg, [])
-            return EXIT_OK
+            return _finish(args, "mount", EXIT_OK, [])
         errors = runner.check_space(guests, concurrent=True)
-        failed = 0
-        lost = []
+        results = []
         for guest in guests:
-            result = runner.prepare(guest, errors.get(guest.name))
+            with commands.doing(guest.name):
+                result = runner.prepare(guest, errors.get(guest.name))
             _line(out, result)
-            if not result.ok:
-                failed += 1
-                lost.append(guest.name)
+            results.append(result)
         if args.all and not runner.cfg.dry_run:
-            _record_mount_failures(runner.cfg, lost)
-    return EXIT_GUEST_FAILED if failed else EXIT_OK
+            _record_mount_failures(runner.cfg, [r.guest.name for r in results if not r.ok])
+    return _finish(args, "mount", EXIT_GUEST_FAILED if any(not r.ok for r in results) else EXIT_OK, results)
+
+
+def _finish(args, command, code, results, **extra):
+    """The exit code; with --json, first the document: one object per guest and a summary."""
+    if getattr(args, "json", False):
+        _print_json(command, code, guests=[_result_record(r) for r in results], **extra)
+    return code
 
 
 # Helpers mode: the guests `mount --all` could not mount, until `unmount --all` reports them. A
@@ -273,7 +390,8 @@ def cmd_unmount(runner, args, out):
         out("error", f"not backed up: {', '.join(lost)} (`mount --all` failed for them, see its "
                      f"messages); exit 1 so that the job (RunScript with Fail Job On Error = yes) "
                      f"ends in error and their last good backup stays the current one")
-    return EXIT_GUEST_FAILED if lost or any(not r.ok for r in results) else EXIT_OK
+    code = EXIT_GUEST_FAILED if lost or any(not r.ok for r in results) else EXIT_OK
+    return _finish(args, "unmount", code, results, not_backed_up=lost)
 
 
 def cmd_cleanup(runner, args, out):
@@ -282,7 +400,7 @@ def cmd_cleanup(runner, args, out):
     for result in results:
         _line(out, result)
     out("info", f"cleanup: {len(results)} leftover guest(s) torn down" if results else "cleanup: nothing left over")
-    return EXIT_GUEST_FAILED if any(not r.ok for r in results) else EXIT_OK
+    return _finish(args, "cleanup", EXIT_GUEST_FAILED if any(not r.ok for r in results) else EXIT_OK, results)
 
 
 def _logical_sector_size(path):
@@ -387,12 +505,12 @@ def cmd_status(runner, args, out):
 
 
 def cmd_check(runner, args, out):
-    problems = 0
+    checks = []
 
     def report(ok, text):
-        nonlocal problems
-        problems += not ok
-        print(("ok      " if ok else "PROBLEM ") + one_line(text))
+        checks.append({"ok": bool(ok), "check": one_line(text)})
+        if not getattr(args, "json", False):
+            print(("ok      " if ok else "PROBLEM ") + one_line(text))
 
     for tool in REQUIRED_TOOLS:
         report(shutil.which(tool, path=commands.tool_path()) is not None, f"tool {tool}")
@@ -420,7 +538,28 @@ def cmd_check(runner, args, out):
            f"leftovers of {', '.join(g.name for g in guests_left)} (domu-snapshot cleanup)")
     for target in foreign:
         report(False, f"{target} is mounted under the mount root but is not ours")
-    return EXIT_GUEST_FAILED if problems else EXIT_OK
+    code = EXIT_GUEST_FAILED if any(not c["ok"] for c in checks) else EXIT_OK
+    if getattr(args, "json", False):
+        _print_json("check", code, checks=checks)
+    return code
+
+
+def cmd_config(cfg, args):
+    """The effective configuration and where each value came from (needs no root)."""
+    values = effective_config(cfg)
+    if getattr(args, "json", False):
+        return _print_json("config", EXIT_OK, file=cfg.source_file, values=values)
+    print(f"# configuration file: {cfg.source_file or '(none: every value is a default)'}")
+    for section, entries in values.items():
+        print(f"[{section}]")
+        width = max((len(key) for key in entries), default=0)
+        for key, entry in entries.items():
+            value = entry["value"]
+            text = ", ".join(value) if isinstance(value, list) else str(value).lower() \
+                if isinstance(value, bool) else str(value)
+            print(f"{key:<{width}} = {text:<24} # {entry['from']}")
+        print()
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ invocation counts the benchmarks read live in one place.
 """
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,6 +40,39 @@ class CommandError(Exception):
         if self.returncode is None:
             return f"`{cmd}` could not run: {self.output()}"
         return f"`{cmd}` exited {self.returncode}: {self.output() or '(no output)'}"
+
+
+# Hooks of the front end (CLI or plugin): `trace(argv)` before each command runs (-v), and
+# `progress(text)` while a command is still running: after PROGRESS_FIRST seconds, then at
+# doubling intervals (5, 15, 35, 75 s ...), so a long e2fsck or lvremove says so without flooding.
+_hooks = {"trace": None, "progress": None, "doing": ""}
+PROGRESS_FIRST = 5.0
+
+
+def set_hooks(trace=None, progress=None):
+    _hooks["trace"], _hooks["progress"] = trace, progress
+
+
+@contextlib.contextmanager
+def doing(label):
+    """Name what the commands run inside are for (a guest), for the progress lines."""
+    outer = _hooks["doing"]
+    _hooks["doing"] = label
+    try:
+        yield
+    finally:
+        _hooks["doing"] = outer
+
+
+def _say_progress(argv, seconds):
+    hook = _hooks["progress"]
+    if hook is None:
+        return
+    label = _hooks["doing"]
+    try:
+        hook(f"{label + ': ' if label else ''}{' '.join(argv)} still running ... {seconds:.0f} s")
+    except Exception:  # noqa: BLE001 - a report must never break the command it reports on
+        pass
 
 
 def set_dry_run(enabled, printer=print):
@@ -94,6 +128,8 @@ def run(argv, *, check=True, changes_system=False, timeout=300, ok_codes=(0,), i
         return subprocess.CompletedProcess(argv, 0, "", "")
     tool = os.path.basename(argv[0])
     invocations[(tool, "change" if changes_system else "query")] += 1
+    if _hooks["trace"] is not None:
+        _hooks["trace"](argv)
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
@@ -110,7 +146,7 @@ def run(argv, *, check=True, changes_system=False, timeout=300, ok_codes=(0,), i
         )
     except FileNotFoundError as exc:
         raise CommandError(argv, None, "", f"{argv[0]} not found in {tool_path()} ({exc.strerror}); install it") from None
-    stdout, stderr, timed_out = _wait(proc, input_text, timeout, tool in NEVER_KILLED)
+    stdout, stderr, timed_out = _wait(proc, input_text, timeout, tool in NEVER_KILLED, argv)
     seconds = time.monotonic() - started
     if timed_out:
         if tool not in NEVER_KILLED:
@@ -126,19 +162,31 @@ def run(argv, *, check=True, changes_system=False, timeout=300, ok_codes=(0,), i
     return result
 
 
-def _wait(proc, input_text, timeout, never_kill):
+def _wait(proc, input_text, timeout, never_kill, argv=()):
     """(stdout, stderr, timed_out). A child that may be killed is, on timeout or interruption; one
-    that may not is waited for, and the interruption (KeyboardInterrupt from a signal) re-raised after."""
+    that may not is waited for, and the interruption (KeyboardInterrupt from a signal) re-raised after.
+    While it runs, progress lines are due at PROGRESS_FIRST seconds and doubling intervals after."""
     interrupted = None
     timed_out = False
-    deadline = None if timeout is None else time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    interval = PROGRESS_FIRST
+    next_progress = started + interval if _hooks["progress"] is not None else None
     first = True
     while True:
+        now = time.monotonic()
+        remaining = None if deadline is None or timed_out else max(0.0, deadline - now)
+        progress_due = next_progress is not None and (remaining is None or next_progress - now < remaining)
+        wait = max(0.0, next_progress - now) if progress_due else remaining
         try:
-            remaining = None if deadline is None or timed_out else max(0.0, deadline - time.monotonic())
-            stdout, stderr = proc.communicate(input_text if first else None, timeout=remaining)
+            stdout, stderr = proc.communicate(input_text if first else None, timeout=wait)
             break
         except subprocess.TimeoutExpired:
+            if progress_due:
+                _say_progress(argv, time.monotonic() - started)
+                interval *= 2
+                next_progress += interval
+                continue
             timed_out = True
             if not never_kill:
                 _kill(proc)

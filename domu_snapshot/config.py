@@ -50,6 +50,9 @@ class Config:
     dry_run: bool = False
     allow_empty: bool = False  # `mount --all` selecting no guest: exit 0 (else 1)
     guests: dict = dataclasses.field(default_factory=dict)  # name -> {key: value}
+    # where values came from (`domu-snapshot config`): key or "guest NAME/key" -> origin
+    sources: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    source_file: str = ""  # the configuration file read, "" when none was
 
     def for_guest(self, name, key):
         """A per-guest value when `[guest NAME]` sets it, else the run's value."""
@@ -102,7 +105,8 @@ def _convert(key, value, origin):
         raise DomuError(f"{origin}: bad value for {key}: {exc}") from None
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Config)} - {"guests"}
+_FIELDS = {f.name for f in dataclasses.fields(Config)} - {"guests", "sources", "source_file"}
+KEYS = frozenset(_FIELDS)  # the configuration keys (man page check)
 
 
 def _apply(cfg, items, origin):
@@ -113,6 +117,7 @@ def _apply(cfg, items, origin):
         if value is None:
             continue
         setattr(cfg, key, _convert(key, value, origin))
+        cfg.sources[key] = origin
 
 
 # Ranges checked when the configuration is loaded: (low, high, low allowed). A value outside
@@ -191,6 +196,20 @@ def validate(cfg):
     return cfg
 
 
+def effective_config(cfg):
+    """{section: {key: {"value", "from"}}}: every run key, then each [guest NAME] section's."""
+    run = {}
+    for field in dataclasses.fields(Config):
+        if field.name in ("guests", "sources", "source_file"):
+            continue
+        run[field.name] = {"value": getattr(cfg, field.name), "from": cfg.sources.get(field.name, "default")}
+    sections = {MAIN_SECTION: run}
+    for name, values in cfg.guests.items():
+        sections[f"guest {name}"] = {key: {"value": value, "from": cfg.sources.get(f"guest {name}/{key}", "")}
+                                     for key, value in values.items()}
+    return sections
+
+
 def load_config(path=None, overrides=None):
     """Read the INI file (if it exists, or fail if it was named explicitly) and apply overrides."""
     cfg = Config()
@@ -216,7 +235,9 @@ def load_config(path=None, overrides=None):
                 if key not in GUEST_KEYS:
                     raise DomuError(f"{path} [{section}]: {key!r} cannot be set per guest")
                 values[key] = value.strip()
+                cfg.sources[f"guest {match.group('name')}/{key}"] = f"{path} [{section}]"
             cfg.guests[match.group("name")] = values
+        cfg.source_file = path
     elif explicit:
         raise DomuError(f"configuration file {path} does not exist")
     if overrides:

@@ -8,9 +8,10 @@ import time
 
 import bareosfd
 
+from .. import commands
 from ..config import load_config
 from ..errors import DomuError, one_line
-from .options import Options, config_overrides
+from .options import Options, config_directory, config_overrides
 from .restore import Restore
 from .walk import Entry, GuestStats, disk_entries, stat_packet, _S_IFMT, _S_IFREG
 from .xattrs import Xattrs
@@ -36,7 +37,7 @@ class PluginJob:
 
     def __init__(self):
         self.options = {}
-        self.option_layers = Options()
+        self.option_layers = Options(lambda: config_directory(bareosfd.GetValue(bareosfd.bVarUsedConfig)))
         self.cfg = None
         self.runner = None
         self.run_lock = None
@@ -106,6 +107,8 @@ class PluginJob:
         # owner "plugin": its snapshots carry the plugin's tag, and what `domu-snapshot mount`
         # holds (helpers mode, another job) is left alone
         self.runner = Runner(self.cfg, log=self.runner_log, owner="plugin")
+        # a step still running after a few seconds says so in the job log (commands.PROGRESS_FIRST)
+        commands.set_hooks(progress=lambda text: self.job(bareosfd.M_INFO, text))
         try:
             # one run at a time, held until the job's teardown
             self.run_lock = self.runner.lock().acquire(on_wait=self.say_lock_wait)
@@ -162,7 +165,8 @@ class PluginJob:
         for disk in guest.disks:
             self.roots[disk.mount_path] = "failed"  # until its walk completes
         try:
-            result = self.runner.prepare(guest, self.space_errors.get(guest.name))
+            with commands.doing(f"guest {guest.name}"):
+                result = self.runner.prepare(guest, self.space_errors.get(guest.name))
         except Exception as exc:  # prepare tears down after itself; never crash the file daemon
             from ..lifecycle import GuestResult
             result = GuestResult.failure(guest, "mount", "prepare", f"{type(exc).__name__}: {exc}",
@@ -289,7 +293,8 @@ class PluginJob:
         if guest.name not in self.live:
             return None
         try:
-            report = self.runner.teardown([guest])[0]
+            with commands.doing(f"guest {guest.name}"):
+                report = self.runner.teardown([guest])[0]
         except Exception as exc:  # e.g. the system state could not be read
             self.job(bareosfd.M_ERROR, f"guest {guest.name}: teardown failed: {exc}; run "
                                        f"domu-snapshot cleanup")

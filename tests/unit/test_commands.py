@@ -147,3 +147,42 @@ def test_inside_bareos_fd_the_probe_runs_a_python_not_the_daemon(monkeypatch):
     monkeypatch.delenv("DOMU_SNAPSHOT_PROBE_PYTHON", raising=False)
     monkeypatch.setattr(sys, "executable", "/usr/sbin/bareos-fd")
     assert os.path.basename(partitions.probe_argv("/dev/x")[0]).startswith("python3")
+
+
+@pytest.fixture
+def progress(monkeypatch):
+    """The front end's hooks, recording; progress due after 0.3 s (then 0.9, 2.1 ...)."""
+    lines, traced = [], []
+    monkeypatch.setattr(commands, "PROGRESS_FIRST", 0.3)
+    commands.set_hooks(trace=traced.append, progress=lines.append)
+    yield lines, traced
+    commands.set_hooks()
+
+
+def test_a_long_command_says_so_while_it_runs_without_flooding(tools, progress):
+    lines, traced = progress
+    tools("e2fsck", "sleep 3; echo replayed")
+    with commands.doing("domu-web01"):
+        proc = commands.run(["e2fsck", "-p", "/dev/loop9"])
+    assert proc.stdout == "replayed\n"
+    assert traced == [["e2fsck", "-p", "/dev/loop9"]]
+    # due at 0.3, 0.9, 2.1 (then 4.5) s: doubling intervals, a few lines in 3 s, not one per tick
+    assert 2 <= len(lines) <= 3, lines
+    assert {line.rsplit(" ... ", 1)[0] for line in lines} == {"domu-web01: e2fsck -p /dev/loop9 still running"}
+    seconds = [float(line.rsplit(" ... ", 1)[1].rstrip(" s")) for line in lines]
+    assert seconds == sorted(seconds)
+
+
+def test_progress_goes_on_while_an_lvm_command_is_waited_for_past_its_timeout(tools, progress):
+    lines, _traced = progress
+    tools("lvremove", "sleep 1.5")
+    with pytest.raises(CommandError, match="never killed"):
+        commands.run(["lvremove", "vg/x-dsnap"], timeout=0.5)
+    assert 1 <= len(lines) <= 3 and all("lvremove vg/x-dsnap still running" in line for line in lines), lines
+
+
+def test_a_quick_command_reports_no_progress(tools, progress):
+    lines, _traced = progress
+    tools("losetup", "echo /dev/loop3")
+    assert commands.run(["losetup", "--find"]).stdout == "/dev/loop3\n"
+    assert lines == []

@@ -38,7 +38,7 @@ def test_options_tolerate_c_side_keys_and_empty_text():
 
 @pytest.mark.parametrize("text, message", [
     ("prefx=a:", "unknown plugin option 'prefx'"),
-    ("defaults_file=/x:", "unknown plugin option"),
+    ("default_file=/x:", "unknown plugin option 'default_file'"),
     ("prepare=some:", "prepare must be"),
     ("prefix:", "has no value"),
 ])
@@ -191,4 +191,53 @@ def test_bad_configuration_fails_the_job_at_its_start(monkeypatch, tmp_path, ext
         module_path=str(fd_harness.PLUGIN_DIR), **extra)).backup()
     assert result.status == "f"
     assert len(result.job.fatal) == 1 and message in result.job.fatal[0]
+    assert calls == []
+
+
+def test_defaults_and_overrides_files_layer_as_in_bareos_python_plugins(tmp_path):
+    """defaults_file < FileSet string < Job "FD Plugin Options" < overrides_file (Bareos's
+    PythonFdPlugin documentation: an overrides_file holds values that always take precedence)."""
+    (tmp_path / "defaults.ini").write_text(
+        "# site defaults\n\n[ignored section header]\n; a comment\n"
+        "prefix = site-\nmount_root=/srv/\\\n    backup-mnt\nsnapshot_size = 5%ORIGIN\n")
+    (tmp_path / "overrides.ini").write_text("quiesce=none\n")
+    layers = plugin.Options(lambda: str(tmp_path))
+    fileset = "prefix=domu-:defaults_file=defaults.ini:overrides_file=overrides.ini:quiesce=agent:"
+    assert layers.parse(fileset) == {"prefix": "domu-", "mount_root": "/srv/backup-mnt",
+                                     "snapshot_size": "5%ORIGIN", "quiesce": "none"}
+    job = layers.parse("snapshot_size=20%ORIGIN:quiesce=suspend:")   # bEventNewPluginOptions
+    assert job == {"prefix": "domu-", "mount_root": "/srv/backup-mnt", "snapshot_size": "20%ORIGIN",
+                   "quiesce": "none"}
+    assert layers.parse(fileset) == job                              # the FileSet string again
+
+
+@pytest.mark.parametrize("text, message", [
+    ("prefix=a\nbogus=1\n", "unknown plugin option 'bogus'"),
+    ("prefix\n", "is not key=value"),
+])
+def test_a_bad_options_file_is_refused_naming_it(tmp_path, text, message):
+    (tmp_path / "o.ini").write_text(text)
+    with pytest.raises(DomuError, match=re.escape(message)) as refused:
+        plugin.Options(lambda: str(tmp_path)).parse("overrides_file=o.ini:")
+    assert str(tmp_path / "o.ini") in str(refused.value)
+    with pytest.raises(DomuError, match="cannot read options file .*missing.ini"):
+        plugin.Options(lambda: str(tmp_path)).parse("defaults_file=missing.ini:")
+
+
+def test_options_files_are_relative_to_the_file_daemons_configuration(tmp_path):
+    (tmp_path / "bareos-fd.d" / "client").mkdir(parents=True)
+    single = tmp_path / "bareos-fd.conf"
+    single.write_text("")
+    assert plugin.config_directory(f"{tmp_path}/bareos-fd.d/*/*.conf") == f"{tmp_path}/bareos-fd.d"
+    assert plugin.config_directory(str(single)) == str(tmp_path)
+    assert plugin.config_directory(None) == "/" and plugin.config_directory("/no/such/*/*.conf") == "/"
+
+
+def test_a_missing_options_file_fails_the_job_before_touching_anything(monkeypatch, tmp_path):
+    calls = fd_harness.install_dir_runner(monkeypatch, [fd_harness.FakeGuest("g", [tmp_path])])
+    fd = fd_harness.FileDaemon(fd_harness.example_plugin_definition(
+        module_path=str(fd_harness.PLUGIN_DIR), defaults_file=str(tmp_path / "nope.ini")))
+    result = fd.backup()
+    assert result.status == "f"
+    assert any("cannot read options file" in text and "nope.ini" in text for text in result.job.fatal)
     assert calls == []

@@ -276,6 +276,40 @@ def test_overflowed_snapshot_is_reported_and_removed(guest_vg, make_guest, clean
     assert_nothing_left(guest_vg)
 
 
+def test_json_documents_tell_a_monitoring_check_what_happened(guest_vg, make_guest, clean):
+    """--json on mount, unmount, cleanup and check: stdout is one document (messages go to
+    stderr), one object per guest with its status, failed step, message, hint and disks."""
+    g = make_guest("msdos-ext4-1m", name="domu-json", size_mib=48)
+    proc = cli("--snapshot-size", "4M", "mount", "domu-json", "--json")
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    assert "OK      domu-json" in proc.stderr
+    (guest,) = document["guests"]
+    assert (guest["guest"], guest["action"], guest["status"], guest["failed_step"]) == ("domu-json", "mount", "ok", None)
+    (disk,) = guest["disks"]
+    assert disk["mounted"] and disk["partition"] == g.partition and disk["offset"] == g.offset
+    assert disk["mount_path"] == os.path.join(MOUNT_ROOT, VG, "domu-json") and findmnt(disk["mount_path"])
+    assert document["summary"] == {"exit_code": 0, "meaning": "every guest ok"}
+    with open(g.lv_path, "r+b", buffering=0) as origin:           # the guest overflows its snapshot
+        origin.seek(16 * 1024 * 1024)
+        for _ in range(12):
+            origin.write(os.urandom(1024 * 1024))
+        os.fsync(origin.fileno())
+    proc = cli("unmount", "domu-json", "--json")
+    document = json.loads(proc.stdout)
+    (guest,) = document["guests"]
+    assert proc.returncode == 1 and document["summary"]["exit_code"] == 1
+    assert (guest["status"], guest["failed_step"]) == ("failed", "snapshot overflow")
+    assert "overflowed" in guest["message"] and "snapshot_size" in guest["hint"]
+    assert_nothing_left(guest_vg)
+    document = json.loads(cli("cleanup", "--json").stdout)
+    assert document["guests"] == [] and document["summary"]["exit_code"] == 0
+    proc = cli("check", "--json")
+    document = json.loads(proc.stdout)
+    checks = {c["check"]: c["ok"] for c in document["checks"]}
+    assert checks["tool lvcreate"] and checks["no leftovers"] and document["summary"]["exit_code"] == proc.returncode
+
+
 # -------------------------------------------------------------- concurrency
 
 def test_second_run_waits_then_fails_naming_the_holder(guest_vg, guests, clean):
