@@ -335,9 +335,7 @@ class Runner:
                         f"{disk.key} is a thin LV in {why}: a snapshot now could let the pool run full while "
                         f"the guest writes, and a full pool fails or stalls the guest's own writes; nothing "
                         f"was created for this guest",
-                        f"give the pool room (lvextend -L +SIZE {pool.key}; for its metadata lvextend "
-                        f"--poolmetadatasize +SIZE {pool.key}), or remove thin LVs it no longer needs "
-                        f"(lvs {pool.vg} shows them)")
+                        f"{_pool_room_hint(pool)} (lvs {pool.vg} shows them)")
                     break
         return errors
 
@@ -770,9 +768,12 @@ def _pool_full_error(name, snapshot, pool, full):
         f"thin pool {pool.key} ran full during the backup ({full}; {pool.pool_use()}): the guest's own "
         f"writes to its disks in that pool {writes} meanwhile, and reads of snapshot {snapshot.key} may have "
         f"failed, so the files read may be incomplete: this guest's backup is not reliable",
-        f"give the pool room (lvextend -L +SIZE {pool.key}; for its metadata lvextend --poolmetadatasize "
-        f"+SIZE {pool.key}) or remove thin LVs it no longer needs, check the guest (its writes failed), and "
-        f"run the backup again")
+        f"{_pool_room_hint(pool)}, check the guest (its writes failed), and run the backup again")
+
+
+def _pool_room_hint(pool):
+    return (f"give the pool room (lvextend -L +SIZE {pool.key}; for its metadata lvextend "
+            f"--poolmetadatasize +SIZE {pool.key}), or remove thin LVs it no longer needs")
 
 
 def _gib(size):

@@ -248,13 +248,16 @@ class FileDaemon:
 
     def __init__(self, definition, fileset_flags=(), acl=True, xattr=True, client="test-fd",
                  working_dir="/var/lib/bareos", keep_module_options=False, hardlinks=False,
-                 plugin_options=None):
+                 plugin_options=None, used_config="/etc/bareos/bareos-fd.d/*/*.conf"):
         """`keep_module_options`: hand Python module_path/module_name too (Bareos 22..25 consume
         them; a plugin should cope either way). `hardlinks`: the FileSet's "HardLinks = yes"
         (Bareos 25's default is no: inc_conf.cc sets FO_NO_HARDLINK unless told otherwise, and
         then both names of a file are saved with data). `plugin_options`: a Job's "FD Plugin
-        Options" string (e.g. "python3:include=domu-a"), sent as bEventNewPluginOptions."""
+        Options" string (e.g. "python3:include=domu-a"), sent as bEventNewPluginOptions.
+        `used_config`: what bVarUsedConfig answers (bareos-fd: its configuration, as a directory
+        glob or a file)."""
         self.plugin_options = plugin_options
+        self.used_config = used_config
         self.definition = definition
         self.module_path, self.module_name, self.options = split_definition(definition)
         if keep_module_options:
@@ -303,7 +306,9 @@ class FileDaemon:
             bareosfd.bVarDistName: "stand-in",
             bareosfd.bVarPrevJobName: None,
             bareosfd.bVarPrefixLinks: 0,
-            bareosfd.bVarUsedConfig: None,
+            # what bareos-fd 25 reports for a configuration directory (the plugin resolves a
+            # relative defaults_file/overrides_file against it; the harness's FileDaemon may set it)
+            bareosfd.bVarUsedConfig: self.used_config,
         }
         self.job = Job(values, since=since)
         self.module = None

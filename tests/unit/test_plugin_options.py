@@ -233,6 +233,19 @@ def test_options_files_are_relative_to_the_file_daemons_configuration(tmp_path):
     assert plugin.config_directory(None) == "/" and plugin.config_directory("/no/such/*/*.conf") == "/"
 
 
+def test_a_relative_options_file_is_read_from_the_file_daemons_configuration(monkeypatch, tmp_path):
+    (tmp_path / "bareos-fd.d" / "client").mkdir(parents=True)
+    (tmp_path / "bareos-fd.d" / "domu.ini").write_text("allow_empty = yes\n")
+    fd_harness.install_dir_runner(monkeypatch, [])
+    monkeypatch.setenv("DOMU_SNAPSHOT_CONFIG", str(tmp_path / "none.conf"))
+    fd = fd_harness.FileDaemon(fd_harness.example_plugin_definition(
+        module_path=str(fd_harness.PLUGIN_DIR), defaults_file="domu.ini"),
+        used_config=f"{tmp_path}/bareos-fd.d/*/*.conf")
+    result = fd.backup()
+    # no guest at all, allowed by the defaults file: not the fatal "no guest selected"
+    assert result.job.fatal == [], result.job.messages
+
+
 def test_a_missing_options_file_fails_the_job_before_touching_anything(monkeypatch, tmp_path):
     calls = fd_harness.install_dir_runner(monkeypatch, [fd_harness.FakeGuest("g", [tmp_path])])
     fd = fd_harness.FileDaemon(fd_harness.example_plugin_definition(
