@@ -478,7 +478,8 @@ def _status(runner):
         mounted.append({"mount_path": target, "device": source,
                         "snapshot": snapshot.key if snapshot else None,
                         "snapshot_use_percent": snapshot.snap_percent if snapshot else None,
-                        "overflowed": bool(snapshot and snapshot.is_classic_snapshot and snapshot.invalid)})
+                        "overflowed": bool(snapshot and snapshot.is_classic_snapshot and snapshot.invalid),
+                        **_pool_fields(snapshot, state.pools)})
         used_loops.add(source)
         if snapshot:
             used_snaps.add(snapshot.key)
@@ -486,6 +487,13 @@ def _status(runner):
                  for name, s in loops.items() if name not in used_loops]
     leftovers += [{"kind": "snapshot", "name": key} for key in state.snapshots if key not in used_snaps]
     return {"mounted": mounted, "leftovers": leftovers}
+
+
+def _pool_fields(snapshot, pools):
+    """A thin snapshot's pool and why it is full ("" while it has room): a full pool fails the
+    guest's writes and may fail reads of the snapshot, so a backup from it is unreliable."""
+    pool = pools.get(snapshot.pool_key) if snapshot is not None and snapshot.pool_key else None
+    return {"thin_pool": pool.key if pool else None, "thin_pool_full": pool.pool_full if pool else ""}
 
 
 def cmd_status(runner, args, out):
@@ -496,6 +504,8 @@ def cmd_status(runner, args, out):
     for m in status["mounted"]:
         use = "" if m["snapshot_use_percent"] is None else f", snapshot {m['snapshot_use_percent']:.1f}% used"
         warn = "  OVERFLOWED: backup from it is unreliable" if m["overflowed"] else ""
+        if m["thin_pool_full"]:
+            warn += f"  THIN POOL {m['thin_pool']} FULL ({m['thin_pool_full']}): backup from it is unreliable"
         print(f"mounted   {m['mount_path']} ({m['device']} on {m['snapshot']}{use}){warn}")
     for item in status["leftovers"]:
         print(f"leftover  {item['kind']} {item['name']}" + (f" (on {item['snapshot']})" if item.get("snapshot") else ""))

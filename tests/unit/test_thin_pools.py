@@ -198,3 +198,39 @@ def test_a_pool_with_room_left_tears_down_ok(removed):
 def test_a_stale_snapshot_in_a_full_pool_is_a_note(removed):
     result = teardown(row(data_percent="100.00"), stale=True)
     assert result.ok and any("ran full" in note for note in result.notes)
+
+
+# ------------------------------------------------------------------ status
+
+def status_of(pool, monkeypatch, capsys, json_mode=False):
+    """`domu-snapshot status` of one mounted thin snapshot in `pool` (its loop device's backing
+    rdev is the snapshot's)."""
+    import argparse
+    import json
+
+    from domu_snapshot import cli, loop
+    snap = our_thin_snapshot()
+    device = loop.LoopDevice("/dev/loop7", "/dev/mapper/pve-vm--100--disk--0--dsnap", 1048576, 0)
+    monkeypatch.setattr(loop.LoopDevice, "backing_rdev", lambda self: (snap.major, snap.minor))
+    state = SystemState(mounts=[("/srv/domu/pve/vm-100-disk-0", "/dev/loop7")], loops=[device],
+                        snapshots={snap.key: snap}, pools={pool.key: pool})
+    runner = runner_with([])
+    monkeypatch.setattr(runner, "system_state", lambda *a, **kw: state)
+    assert cli.cmd_status(runner, argparse.Namespace(json=json_mode), print) == 0
+    out = capsys.readouterr().out
+    return json.loads(out) if json_mode else out
+
+
+def test_status_flags_a_mounted_snapshot_whose_pool_ran_full(monkeypatch, capsys):
+    text = status_of(row(data_percent="100.00"), monkeypatch, capsys)
+    assert "mounted   /srv/domu/pve/vm-100-disk-0" in text
+    assert "THIN POOL pve/data FULL (data 100% used): backup from it is unreliable" in text
+    record = status_of(row(lv_health_status="out_of_data"), monkeypatch, capsys, json_mode=True)["mounted"][0]
+    assert record["thin_pool"] == "pve/data" and "out of data space" in record["thin_pool_full"]
+
+
+def test_status_of_a_snapshot_in_a_pool_with_room_has_no_warning(monkeypatch, capsys):
+    text = status_of(row(data_percent="60.00"), monkeypatch, capsys)
+    assert "mounted   /srv/domu/pve/vm-100-disk-0" in text and "FULL" not in text
+    record = status_of(row(data_percent="60.00"), monkeypatch, capsys, json_mode=True)["mounted"][0]
+    assert record["thin_pool"] == "pve/data" and record["thin_pool_full"] == ""
