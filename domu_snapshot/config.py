@@ -2,7 +2,7 @@
 
 The file has one `[domu-snapshot]` section for the run and optional
 `[guest NAME]` sections whose keys override the run's for that guest
-(partition, snapshot_size, chunk_size, quiesce).
+(GUEST_KEYS: partition, snapshot_size, chunk_size, quiesce and the snapshot hooks).
 """
 
 import configparser
@@ -11,7 +11,7 @@ import math
 import os
 import re
 
-from . import lvm
+from . import hooks, lvm
 from .errors import DomuError
 
 DEFAULT_CONFIG_FILE = "/etc/domu-snapshot.conf"
@@ -19,7 +19,8 @@ MAIN_SECTION = "domu-snapshot"
 GUEST_SECTION = re.compile(r"^guest\s+(?P<name>\S+)$")
 
 QUIESCE_LEVELS = ("auto", "agent", "suspend", "sync", "none")
-GUEST_KEYS = ("partition", "snapshot_size", "chunk_size", "quiesce")
+GUEST_KEYS = ("partition", "snapshot_size", "chunk_size", "quiesce", "before_snapshot_hook",
+              "after_snapshot_hook", "before_hook_failure")
 
 
 @dataclasses.dataclass
@@ -42,6 +43,11 @@ class Config:
     quiesce_timeout: float = 10.0
     settle_timeout: float = 10.0
     busy_retries: int = 5
+    # Commands run before and after a guest's snapshots (hooks.py): "" for none.
+    before_snapshot_hook: str = ""
+    after_snapshot_hook: str = ""
+    hook_timeout: float = 60.0
+    before_hook_failure: str = "fail"  # "fail" the guest, or "continue" with its snapshots
     # Thin origins: no snapshot in a pool whose data or metadata use is at or above these (percent);
     # every block a guest writes while its snapshot exists takes a new block of the pool.
     thin_pool_max_data_percent: float = 90.0
@@ -68,9 +74,18 @@ class Config:
                 return value
         return getattr(self, key)
 
+    def for_guest_of(self, guest, key):
+        """The value for a whole guest (lifecycle.Guest): `[guest NAME]`, then `[guest DOMAIN]`,
+        then the run's."""
+        for name in (guest.name, guest.domain):
+            value = self.guests.get(name, {}).get(key) if name else None
+            if value is not None:
+                return value
+        return getattr(self, key)
+
 
 _LIST_KEYS = {"vgs", "include", "exclude", "filesystems"}
-_FLOAT_KEYS = {"lock_timeout", "quiesce_timeout", "settle_timeout", "thin_pool_max_data_percent",
+_FLOAT_KEYS = {"lock_timeout", "quiesce_timeout", "settle_timeout", "hook_timeout", "thin_pool_max_data_percent",
                "thin_pool_max_metadata_percent"}
 _INT_KEYS = {"busy_retries"}
 _BOOL_KEYS = {"syslog", "dry_run", "allow_empty"}
@@ -128,6 +143,7 @@ _RANGES = {
     "quiesce_timeout": (0.0, 24 * 3600.0, False),
     "settle_timeout": (0.0, 3600.0, True),
     "busy_retries": (1, 100, True),
+    "hook_timeout": (0.0, 24 * 3600.0, False),
     # 100: refuse only a full pool; 0 would refuse every thin origin
     "thin_pool_max_data_percent": (0.0, 100.0, False),
     "thin_pool_max_metadata_percent": (0.0, 100.0, False),
@@ -169,6 +185,16 @@ def _check_guest_value(where, key, value):
     elif key == "quiesce":
         if value not in QUIESCE_LEVELS:
             raise DomuError(f"{where}: quiesce must be one of {', '.join(QUIESCE_LEVELS)}, not {value!r}")
+    elif key in ("before_snapshot_hook", "after_snapshot_hook"):
+        if str(value).strip():
+            try:
+                hooks.parse(value)
+            except ValueError as exc:
+                raise DomuError(f"{where}: bad value for {key}: {exc}") from None
+    elif key == "before_hook_failure":
+        if value not in hooks.FAILURE_POLICIES:
+            raise DomuError(f"{where}: before_hook_failure must be one of {', '.join(hooks.FAILURE_POLICIES)}, "
+                            f"not {value!r}")
 
 
 def validate(cfg):

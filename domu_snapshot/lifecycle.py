@@ -12,7 +12,7 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, fsck, loop, lvm, mount, partitions, quiesce
+from . import commands, fsck, hooks, loop, lvm, mount, partitions, quiesce
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -438,7 +438,46 @@ class Runner:
                 except CommandError as exc:
                     raise GuestError(guest.name, "snapshot", exc.summary(),
                                      f"check free space (vgs {disk.vg}) and leftovers (domu-snapshot status)") from None
-        self.quiesced(guest, result, snapshot_all)
+        self.hooked(guest, result, lambda: self.quiesced(guest, result, snapshot_all))
+
+    def hooked(self, guest, result, action):
+        """Run `action` between the guest's before- and after-snapshot hooks (hooks.py).
+
+        The after-hook runs whenever the before-hook was started (it may have to undo part of
+        what a failed before-hook did), also when the action failed or a signal came. A failing
+        before-hook fails the guest before any snapshot unless before_hook_failure = continue; a
+        failing after-hook fails the guest (whatever it was to undo may still be in effect), or
+        is a note when the guest failed already."""
+        before = self.cfg.for_guest_of(guest, "before_snapshot_hook").strip()
+        after = self.cfg.for_guest_of(guest, "after_snapshot_hook").strip()
+        if before:
+            try:
+                hooks.run(guest, "before-snapshot hook", before, self.cfg.hook_timeout)
+            except GuestError as error:
+                if self.cfg.for_guest_of(guest, "before_hook_failure") != "continue":
+                    self._after_hook_quietly(guest, result, after)
+                    raise
+                result.notes.append(f"{error.step} failed: {error.message}; the snapshots were made all the same "
+                                    f"(before_hook_failure = continue)")
+            except BaseException:
+                self._after_hook_quietly(guest, result, after)
+                raise
+        try:
+            action()
+        except BaseException:
+            self._after_hook_quietly(guest, result, after)
+            raise
+        if after:
+            hooks.run(guest, "after-snapshot hook", after, self.cfg.hook_timeout)
+
+    def _after_hook_quietly(self, guest, result, after):
+        """The after-hook while the guest fails already: its own failure becomes a note."""
+        if not after:
+            return
+        try:
+            hooks.run(guest, "after-snapshot hook", after, self.cfg.hook_timeout)
+        except GuestError as error:
+            result.notes.append(str(error))
 
     def quiesced(self, guest, result, create_snapshots):
         """Run create_snapshots inside the guest's quiesce (agent freeze, suspend, sync or none)."""
