@@ -13,7 +13,7 @@ import signal
 import sys
 import syslog
 
-from . import __version__, commands, fsck, loop, mount, partitions
+from . import __version__, commands, fsck, loop, mount, partitions, quiesce
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
@@ -536,6 +536,14 @@ def cmd_check(runner, args, out):
         report(False, "pyparted (install python3-parted)")
     guests = runner.discover()
     report(bool(guests), f"{len(guests)} guest(s) with prefix {runner.cfg.prefix!r}")
+    kind, missing = runner.host_kind(), runner.quiescer.unavailable
+    report(not (missing and runner.cfg.host in ("libvirt", "xl")),
+           f"host: {kind}" + (" (detected)" if runner.cfg.host == "auto" else " (configured)")
+           + (f"; {missing}" if missing else ""))
+    for guest in guests:
+        level = quiesce.requested_level(runner.cfg, guest.name, guest.domain, *[d.lv for d in guest.disks])
+        owner = f"{kind} domain {guest.domain}" if guest.domain else "no domain"
+        report(True, f"guest {guest.name}: {owner}, disks {', '.join(d.key for d in guest.disks)}, quiesce {level}")
     for name, error in runner.check_space(guests, concurrent=True).items():
         report(False, f"space for {name}: {error.message}")
     try:

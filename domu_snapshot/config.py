@@ -19,6 +19,9 @@ MAIN_SECTION = "domu-snapshot"
 GUEST_SECTION = re.compile(r"^guest\s+(?P<name>\S+)$")
 
 QUIESCE_LEVELS = ("auto", "agent", "suspend", "sync", "none")
+# Which toolstack groups and quiesces guests: auto detects it (libvirt when a daemon answers or
+# libvirt_uri is set, else xl on a Xen control domain, else none), plain uses none.
+HOST_KINDS = ("auto", "plain", "libvirt", "xl")
 GUEST_KEYS = ("partition", "snapshot_size", "chunk_size", "quiesce", "before_snapshot_hook",
               "after_snapshot_hook", "before_hook_failure")
 
@@ -39,7 +42,9 @@ class Config:
     lock_file: str = "/run/domu-snapshot/lock"  # in a root-only directory (lock.py)
     lock_timeout: float = 60.0
     quiesce: str = "auto"
+    host: str = "auto"
     libvirt_uri: str = ""
+    xl_command: str = "/usr/sbin/xl"
     quiesce_timeout: float = 10.0
     settle_timeout: float = 10.0
     busy_retries: int = 5
@@ -216,6 +221,10 @@ def validate(cfg):
         where = f"[guest {name}]" if name else "configuration"
         for key in GUEST_KEYS:
             _check_guest_value(where, key, cfg.for_guest(name, key) if name else getattr(cfg, key))
+    if cfg.host not in HOST_KINDS:
+        raise DomuError(f"configuration: host must be one of {', '.join(HOST_KINDS)}, not {cfg.host!r}")
+    if not os.path.isabs(cfg.xl_command):
+        raise DomuError(f"configuration: xl_command must be an absolute path, not {cfg.xl_command!r}")
     for fs in cfg.filesystems:
         if fs not in ("ext2", "ext3", "ext4"):
             raise DomuError(f"filesystems: only ext2, ext3 and ext4 can be journal-replayed and mounted, not {fs!r}")

@@ -12,7 +12,7 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, fsck, hooks, loop, lvm, mount, partitions, quiesce
+from . import commands, fsck, hooks, loop, lvm, mount, partitions, quiesce, xl
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -228,10 +228,29 @@ class Runner:
 
     @property
     def quiescer(self):
-        """The run's libvirt side (connects on first use; works without libvirt-python)."""
+        """The run's toolstack side: libvirt (connects on first use; works without libvirt-python),
+        xl, or none (host = plain); see host_kind()."""
         if self._quiescer is None:
-            self._quiescer = quiesce.Quiescer(self.cfg.libvirt_uri, self.cfg.quiesce_timeout, self.log)
+            kind = self.host_kind()
+            if kind == "xl":
+                self._quiescer = xl.XlQuiescer(self.cfg.xl_command, self.cfg.quiesce_timeout, self.log)
+            else:
+                disabled = "host = plain: no toolstack is asked" if kind == "plain" else ""
+                self._quiescer = quiesce.Quiescer(self.cfg.libvirt_uri, self.cfg.quiesce_timeout, self.log,
+                                                  disabled=disabled)
         return self._quiescer
+
+    def host_kind(self):
+        """"libvirt", "xl" or "plain": the configured host, or for auto what this host shows. A
+        libvirt daemon (or a libvirt_uri) wins, as before xl support: a Xen host with libvirt's
+        libxl driver is driven through libvirt."""
+        if self.cfg.host != "auto":
+            return self.cfg.host
+        if self.cfg.libvirt_uri or os.environ.get("LIBVIRT_DEFAULT_URI") or quiesce.daemon_sockets():
+            return "libvirt"
+        if xl.is_xen_dom0() and xl.usable(self.cfg.xl_command):
+            return "xl"
+        return "libvirt"  # none answers: the libvirt side says so once, as it always did
 
     def group_guests(self, guests):
         """Join the LVs of one libvirt domain into one guest, so they are snapshotted in one window.
@@ -512,7 +531,7 @@ class Runner:
         if not result.domain_xml:
             result.notes.append(f"the definition of domain {guest.domain} could not be read: not in this backup")
             return
-        path = quiesce.domain_xml_path(guest.disks[0].mount_path)
+        path = quiesce.domain_xml_path(guest.disks[0].mount_path, self.quiescer.definition_suffix)
         if commands.is_dry_run():
             commands._dry_run["printer"](f"would write the definition of domain {guest.domain} to {path}")
             return
@@ -729,9 +748,10 @@ class Runner:
         """The saved domain definition next to a torn-down mount, and its now empty directories."""
         if commands.is_dry_run():
             printer = commands._dry_run["printer"]
-            xml = quiesce.domain_xml_path(mount_path)
-            if os.path.isfile(xml) and not os.path.islink(xml):
-                printer(f"would remove {xml}")
+            for suffix in quiesce.DEFINITION_SUFFIXES:
+                xml = quiesce.domain_xml_path(mount_path, suffix)
+                if os.path.isfile(xml) and not os.path.islink(xml):
+                    printer(f"would remove {xml}")
             if os.path.isdir(mount_path) and not os.path.islink(mount_path):
                 printer(f"would remove the directory {mount_path} (if empty)")
             return

@@ -51,7 +51,7 @@ _libvirt_module = {}
 LIBVIRT_RUN_DIR = "/run/libvirt"
 
 
-def _daemon_sockets():
+def daemon_sockets():
     """The libvirt daemons' sockets (libvirtd, virtproxyd, virtqemud, virtxend...) that exist."""
     try:
         return [n for n in os.listdir(LIBVIRT_RUN_DIR) if n.endswith("-sock")]
@@ -196,14 +196,9 @@ class _NoError(Exception):
     pass
 
 
-def map_domains(conn, lvs, log=None):
-    """Map LV descriptors (vg, lv, lv_path, lv_dm_path) to the libvirt domains whose disks they are.
-
-    Returns {domain name: Domain}. LVs no domain uses are simply absent. An LV
-    claimed by several domains (e.g. a clone's stale definition) goes to the
-    running one, or the first by name, with a warning.
-    """
-    log = log or (lambda level, message: None)
+def lv_matcher(lvs):
+    """A function from a disk's source path (as a toolstack names it) to the index of the LV in
+    `lvs` it is, or None: by any of the LV's path spellings, else by device number."""
     by_alias, by_rdev = {}, {}
     for index, lv in enumerate(lvs):
         aliases = lv_aliases(lv)
@@ -212,6 +207,25 @@ def map_domains(conn, lvs, log=None):
         for rdev in _lv_rdevs(lv, aliases):
             by_rdev.setdefault(rdev, index)
 
+    def index_of(source):
+        index = by_alias.get(source)
+        if index is None and os.path.exists(source):
+            index = by_alias.get(os.path.realpath(source))
+            if index is None:
+                index = by_rdev.get(_rdev(source))
+        return index
+    return index_of
+
+
+def map_domains(conn, lvs, log=None):
+    """Map LV descriptors (vg, lv, lv_path, lv_dm_path) to the libvirt domains whose disks they are.
+
+    Returns {domain name: Domain}. LVs no domain uses are simply absent. An LV
+    claimed by several domains (e.g. a clone's stale definition) goes to the
+    running one, or the first by name, with a warning.
+    """
+    log = log or (lambda level, message: None)
+    lv_index = lv_matcher(lvs)
     claims = {}  # LV index -> list of (active, name)
     found = {}
     error_type = _error_type()
@@ -234,11 +248,7 @@ def map_domains(conn, lvs, log=None):
                            f"if any, are guests of their own in this run (not quiesced)")
             continue
         for source in sources:
-            index = by_alias.get(source)
-            if index is None and os.path.exists(source):
-                index = by_alias.get(os.path.realpath(source))
-                if index is None:
-                    index = by_rdev.get(_rdev(source))
+            index = lv_index(source)
             if index is not None and index not in matched:
                 matched.append(index)
         if not matched:
@@ -267,10 +277,12 @@ def map_domains(conn, lvs, log=None):
 # <mount_root>/<vg>/<lv>.domain.xml, so a FileSet over the mount root picks it up
 # and a restore of the guest's files brings its definition along.
 DOMAIN_XML_SUFFIX = ".domain.xml"
+XL_CONFIG_SUFFIX = ".xl.json"  # an xl domain's `xl list -l` entry (xl.py)
+DEFINITION_SUFFIXES = (DOMAIN_XML_SUFFIX, XL_CONFIG_SUFFIX)
 
 
-def domain_xml_path(mount_path):
-    return os.path.normpath(mount_path) + DOMAIN_XML_SUFFIX
+def domain_xml_path(mount_path, suffix=DOMAIN_XML_SUFFIX):
+    return os.path.normpath(mount_path) + suffix
 
 
 def write_domain_xml(path, xml_text):
@@ -291,12 +303,13 @@ def write_domain_xml(path, xml_text):
 
 def remove_domain_xml(mount_path):
     """Remove the definition file next to a mount, if it is ours (a regular file). Idempotent."""
-    path = domain_xml_path(mount_path)
-    try:
-        if os.path.isfile(path) and not os.path.islink(path):
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
+    for suffix in DEFINITION_SUFFIXES:
+        path = domain_xml_path(mount_path, suffix)
+        try:
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def remove_stale_domain_xml(vg_dir, keep=()):
@@ -308,12 +321,13 @@ def remove_stale_domain_xml(vg_dir, keep=()):
         return
     for name in names:
         path = os.path.join(vg_dir, name)
-        if name.endswith(DOMAIN_XML_SUFFIX):
-            mount_path = path[: -len(DOMAIN_XML_SUFFIX)]
-            if not os.path.ismount(mount_path) and os.path.normpath(mount_path) not in keep:
-                remove_domain_xml(mount_path)
-        elif DOMAIN_XML_SUFFIX + ".tmp" in name and os.path.isfile(path) and not os.path.islink(path):
-            os.unlink(path)
+        for suffix in DEFINITION_SUFFIXES:
+            if name.endswith(suffix):
+                mount_path = path[: -len(suffix)]
+                if not os.path.ismount(mount_path) and os.path.normpath(mount_path) not in keep:
+                    remove_domain_xml(mount_path)
+            elif suffix + ".tmp" in name and os.path.isfile(path) and not os.path.islink(path):
+                os.unlink(path)
 
 
 # ---------------------------------------------------------------- quiescing
@@ -350,15 +364,20 @@ def requested_level(cfg, *names):
 
 
 class Quiescer:
-    """One libvirt connection for a run: maps LVs to domains and holds guests around their snapshots."""
+    """One libvirt connection for a run: maps LVs to domains and holds guests around their snapshots.
 
-    def __init__(self, uri="", window=DEFAULT_WINDOW, log=None, connection=None):
+    `disabled`: why libvirt is not to be used at all (host = plain): no connection is tried."""
+
+    kind = "libvirt"
+    definition_suffix = DOMAIN_XML_SUFFIX
+
+    def __init__(self, uri="", window=DEFAULT_WINDOW, log=None, connection=None, disabled=""):
         self.uri = uri or ""
         self.window = float(window)
         self.log = log or (lambda level, message: None)
         self._conn = connection
-        self._unavailable = None  # why there is no connection (once known)
-        self._unavailable_hint = ""
+        self._unavailable = disabled or None  # why there is no connection (once known)
+        self._unavailable_hint = "set host = auto, libvirt or xl to quiesce guests" if disabled else ""
         self._warned = False
 
     # -- connection
@@ -366,7 +385,7 @@ class Quiescer:
         """The libvirt connection, or None (the reason is in .unavailable)."""
         if self._conn is not None or self._unavailable:
             return self._conn
-        if not self.uri and not os.environ.get("LIBVIRT_DEFAULT_URI") and not _daemon_sockets():
+        if not self.uri and not os.environ.get("LIBVIRT_DEFAULT_URI") and not daemon_sockets():
             # No daemon could answer the default URI (e.g. a Xen host run with xl): skip loading
             # libvirt-python and the connection attempt, which every run would pay for nothing.
             self._unavailable = f"no libvirt daemon on this host (no socket in {LIBVIRT_RUN_DIR})"

@@ -1,0 +1,65 @@
+"""A Xen host run with xl, on real LVM (issue 16): the two LVs of one xl domain are one guest,
+snapshotted while the domain is paused (`xl pause` before the first snapshot, `xl unpause`
+after the last), its configuration is saved next to its mount, and nothing is left afterwards.
+
+Xen cannot run in this test bed: `xl` is the stand-in of tests/xl_standin.py (its output follows
+Xen's source, see there); LVM, the snapshots, loop devices, e2fsck and the mounts are real."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import xl_standin
+
+pytestmark = pytest.mark.vm
+
+VG = "domutest"
+MOUNT_ROOT = "/tmp/domu-xl-mnt"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def cli(config, *args):
+    argv = [sys.executable, "-m", "domu_snapshot.cli", "--no-syslog", "--config", str(config), "--vg", VG,
+            "--mount-root", MOUNT_ROOT, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900)
+
+
+def test_an_xl_domain_with_two_disks_is_paused_for_its_snapshots_and_saved_with_its_config(
+        guest_vg, make_guest, tmp_path):
+    make_guest("msdos-ext4-1m", name="domu-mail-root")
+    make_guest("whole-ext4", name="domu-mail-data", size_mib=16)
+    domains = [{"name": "mail", "domid": 7, "uuid": "9d3a7c10-0000-4000-8000-000000000007", "paused": False,
+                "disks": [f"/dev/{VG}/domu-mail-root", f"/dev/mapper/{VG}-domu--mail--data"]}]
+    xl, state_path = xl_standin.install(str(tmp_path), {"domains": domains, "vg": VG}, REPO)
+    config = tmp_path / "domu-snapshot.conf"
+    config.write_text(f"[domu-snapshot]\nhost = xl\nxl_command = {xl}\ninclude = domu-mail-*\n"
+                      "[guest mail]\nquiesce = suspend\n")
+    try:
+        check = cli(config, "check")
+        assert "ok      host: xl (configured)" in check.stdout, check.stdout + check.stderr
+        assert f"guest mail: xl domain mail, disks {VG}/domu-mail-root, {VG}/domu-mail-data, quiesce suspend" \
+            in check.stdout
+        proc = cli(config, "mount", "mail")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        calls = xl_standin.state_of(state_path)["calls"]
+        pause = next(snaps for argv, snaps in calls if argv == ["pause", "mail"])
+        unpause = next(snaps for argv, snaps in calls if argv == ["unpause", "mail"])
+        assert pause == []  # paused before the first snapshot
+        assert unpause == ["domu-mail-data-dsnap", "domu-mail-root-dsnap"]  # unpaused after the last
+        assert [argv[0] for argv, _ in calls].count("pause") == 1
+        assert xl_standin.state_of(state_path)["domains"][0]["paused"] is False
+        for lv in ("domu-mail-root", "domu-mail-data"):
+            assert os.path.ismount(os.path.join(MOUNT_ROOT, VG, lv))
+        saved = os.path.join(MOUNT_ROOT, VG, "domu-mail-root.xl.json")
+        entry = json.loads(open(saved, encoding="utf-8").read())
+        assert entry["config"]["c_info"]["name"] == "mail"
+        assert [d.get("pdev_path") for d in entry["config"]["disks"] if not d["is_cdrom"]] == domains[0]["disks"]
+        assert oct(os.stat(saved).st_mode & 0o777) == "0o600"
+    finally:
+        down = cli(config, "unmount", "--all")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert guest_vg.leftovers() == []
+    assert not os.path.exists(os.path.join(MOUNT_ROOT, VG, "domu-mail-root.xl.json"))
