@@ -14,7 +14,7 @@ What it prints follows Xen's own source, not our reading of our code:
 
 The domains live in a JSON state file (the argument the wrapper script passes): {"domains":
 [{"name", "domid", "uuid", "disks": [path, ...], "paused": bool}], "calls": [[argv, snapshot
-names seen in /dev/<vg>]], "fail": {"pause": "message"}, "hang": ["pause"], "vg": "..."}. Every call
+names active in /sys/block]], "fail": {"pause": "message"}, "hang": ["pause"], "vg": "..."}. Every call
 is recorded with the snapshots (LVs ending in -dsnap) that exist at that moment, so a test can
 check what happened in which order.
 """
@@ -50,11 +50,21 @@ def _config(domain):
 
 
 def _snapshots(state):
+    """Our snapshot LVs of the state's VG active in the kernel now (from /sys: /dev/<vg> links
+    come from udev, later)."""
     vg = state.get("vg")
-    try:
-        return sorted(n for n in os.listdir(f"/dev/{vg}") if n.endswith("-dsnap")) if vg else []
-    except OSError:
+    if not vg:
         return []
+    names = []
+    for block in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{block}/dm/name", encoding="utf-8") as handle:
+                names.append(handle.read().strip())
+        except OSError:
+            continue
+    prefix = vg.replace("-", "--") + "-"
+    lvs = [n[len(prefix):].replace("--", "-") for n in names if n.startswith(prefix)]
+    return sorted(lv for lv in lvs if lv.endswith("-dsnap"))
 
 
 def main(state_path, argv):

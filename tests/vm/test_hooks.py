@@ -18,9 +18,12 @@ MOUNT_ROOT = "/tmp/domu-hooks-mnt"
 
 def write_hook(path, log):
     """A hook that records its arguments and which of our snapshots exist in VG at that moment."""
+    # the snapshots active in the kernel (/sys/block/dm-*/dm/name): /dev/<vg> links come from udev, later
     path.write_text(
-        f"#!{sys.executable} -I\nimport json, os, sys\n"
-        f"snaps = sorted(n for n in os.listdir('/dev/{VG}') if n.endswith('-dsnap'))\n"
+        f"#!{sys.executable} -I\nimport glob, json, os, sys\n"
+        "names = [open(p).read().strip() for p in glob.glob('/sys/block/*/dm/name')]\n"
+        f"snaps = sorted(n[len('{VG}-'):].replace('--', '-') for n in names if n.startswith('{VG}-'))\n"
+        "snaps = [n for n in snaps if n.endswith('-dsnap')]\n"
         f"open({str(log)!r}, 'a').write(json.dumps([sys.argv[1:], snaps]) + '\\n')\n"
         "sys.exit(4 if sys.argv[1] == 'refuse' else 0)\n")
     os.chmod(path, 0o755)

@@ -35,7 +35,8 @@ def test_an_xl_domain_with_two_disks_is_paused_for_its_snapshots_and_saved_with_
                 "disks": [f"/dev/{VG}/domu-mail-root", f"/dev/mapper/{VG}-domu--mail--data"]}]
     xl, state_path = xl_standin.install(str(tmp_path), {"domains": domains, "vg": VG}, REPO)
     config = tmp_path / "domu-snapshot.conf"
-    config.write_text(f"[domu-snapshot]\nhost = xl\nxl_command = {xl}\ninclude = domu-mail-*\n"
+    # a window long enough for two snapshots in the emulated VM (a shorter one unpauses early, by design)
+    config.write_text(f"[domu-snapshot]\nhost = xl\nxl_command = {xl}\ninclude = domu-mail-*\nquiesce_timeout = 600\n"
                       "[guest mail]\nquiesce = suspend\n")
     try:
         check = cli(config, "check")
@@ -44,11 +45,12 @@ def test_an_xl_domain_with_two_disks_is_paused_for_its_snapshots_and_saved_with_
             in check.stdout
         proc = cli(config, "mount", "mail")
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "longer than" not in proc.stdout + proc.stderr
         calls = xl_standin.state_of(state_path)["calls"]
         pause = next(snaps for argv, snaps in calls if argv == ["pause", "mail"])
         unpause = next(snaps for argv, snaps in calls if argv == ["unpause", "mail"])
         assert pause == []  # paused before the first snapshot
-        assert unpause == ["domu-mail-data-dsnap", "domu-mail-root-dsnap"]  # unpaused after the last
+        assert unpause == ["domu-mail-data-dsnap", "domu-mail-root-dsnap"], proc.stderr  # unpaused after the last
         assert [argv[0] for argv, _ in calls].count("pause") == 1
         assert xl_standin.state_of(state_path)["domains"][0]["paused"] is False
         for lv in ("domu-mail-root", "domu-mail-data"):
