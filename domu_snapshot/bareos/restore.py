@@ -45,10 +45,11 @@ def restore_path_problem(path, where, mount_root=None, regexwhere=""):
         # bareos-fd 25 keeps the rewrite to itself (filed/dir_cmd.cc RestoreCmd fills only
         # jcr->where_bregexp; jcr->where and jcr->RegexWhere, which bVarWhere, bVarRegexWhere and
         # the restore packet carry, stay empty), so where the plugin may write is unknown
-        return (f"{refused}. {path!r} lies outside the mount root, so this is a strip_prefix/"
-                f"add_prefix/add_suffix/regexwhere restore, refused as well: bareos-fd tells a "
-                f"plugin neither that rewrite nor its target directory, so the plugin cannot keep "
-                f"the files inside it; restore with where=DIR instead (the files land in "
+        return (f"no where= given and {path!r} lies outside the mount root: a strip_prefix/"
+                f"add_prefix/add_suffix/regexwhere restore is refused, as bareos-fd tells a plugin "
+                f"neither that rewrite nor its target directory (so the plugin cannot keep the "
+                f"files inside it), and a restore to the original paths is refused too (they are "
+                f"the snapshot mount points); restore with where=DIR instead (the files land in "
                 f"DIR{os.path.normpath(mount_root)}/<vg>/<lv>/; move them from there)")
     if refused:
         return refused
