@@ -10,7 +10,8 @@ import bareosfd
 
 from .. import commands
 from ..config import load_config
-from ..errors import DomuError, one_line
+from ..errors import DomuError, LockBusy, one_line
+from ..lock import describe_holder
 from .options import Options, config_directory, config_overrides
 from .restore import Restore
 from .walk import Entry, GuestStats, disk_entries, stat_packet, _S_IFMT, _S_IFREG
@@ -111,11 +112,20 @@ class PluginJob:
         commands.set_hooks(progress=lambda text: self.job(bareosfd.M_INFO, text))
         try:
             # one run at a time, held until the job's teardown
-            self.run_lock = self.runner.lock().acquire(on_wait=self.say_lock_wait)
+            self.run_lock = self.runner.lock().acquire(on_wait=self.say_lock_wait, note=self.job_name(),
+                                                       stop=lambda: self.canceled)
             for result in self.runner.reap():
                 self.report_reaped(result)
             self.guests = list(self.runner.discover())
             self.space_errors = self.runner.check_space(self.guests, concurrent=self.mode == "all")
+        except LockBusy as exc:
+            self.job(bareosfd.M_FATAL,
+                     f"cannot start: {exc}; nothing was snapshotted. Plugin jobs of one client run one "
+                     f"at a time: give the director's Client resource Maximum Concurrent Jobs = 1 (the "
+                     f"director then queues them), or a lock_timeout (plugin option or configuration) "
+                     f"longer than the other job runs")
+            self.release_lock()
+            return bareosfd.bRC_Error
         except (DomuError, CommandError, OSError) as exc:
             self.job(bareosfd.M_FATAL, f"cannot start: {exc}")
             self.release_lock()
@@ -126,13 +136,20 @@ class PluginJob:
         self.entries = self.all_entries()
         return bareosfd.bRC_OK
 
-    def say_lock_wait(self, holder):
+    def job_name(self):
+        """"Bareos job N (name)": what a job waiting for our run lock is told holds it."""
+        try:
+            return f"Bareos job {bareosfd.GetValue(bareosfd.bVarJobId)} ({bareosfd.GetValue(bareosfd.bVarJobName)})"
+        except Exception:   # a file daemon without these values: the pid alone names us
+            return ""
+
+    def say_lock_wait(self, pid, note):
         """A second job on this client (Maximum Concurrent Jobs > 1) or a helpers-mode
-        mount/unmount holds the run lock: say so before waiting."""
-        who = ("another job of this bareos-fd" if holder == str(os.getpid())
-               else f"domu-snapshot (pid {holder or 'unknown'})")
-        self.job(bareosfd.M_INFO, f"waiting up to {self.cfg.lock_timeout:g} s for the run lock, held "
-                                  f"by {who}: one domu-snapshot run at a time per host")
+        mount/unmount holds the run lock: say who, and how long this job waits, before waiting.
+        Informational: a job that then gets the lock is a normal job."""
+        who = describe_holder(pid, note or ("" if pid == str(os.getpid()) else "domu-snapshot"))
+        self.job(bareosfd.M_INFO, f"waiting up to {self.cfg.lock_timeout:g} s (lock_timeout) for the "
+                                  f"run lock, held by {who}: one domu-snapshot run at a time per host")
 
     def report_reaped(self, result):
         if result.status == "held":
