@@ -191,8 +191,9 @@ def validate(cfg):
         for key in GUEST_KEYS:
             _check_guest_value(where, key, cfg.for_guest(name, key) if name else getattr(cfg, key))
     for fs in cfg.filesystems:
-        if fs not in ("ext2", "ext3", "ext4"):
-            raise DomuError(f"filesystems: only ext2, ext3 and ext4 can be journal-replayed and mounted, not {fs!r}")
+        if fs not in ("ext2", "ext3", "ext4", "xfs"):
+            raise DomuError(f"filesystems: only ext2, ext3, ext4 and xfs can be journal-replayed and mounted, "
+                            f"not {fs!r}")
     return cfg
 
 
