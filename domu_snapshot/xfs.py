@@ -82,7 +82,7 @@ def replay(loop_device, target, retries=5):
     """
     commands.run(["mount", "-t", "xfs", "-o", REPLAY_OPTIONS, loop_device, target], changes_system=True)
     mount.unmount(target, retries)
-    return "log replayed by a read-write mount of the snapshot (if it was dirty)"
+    return "log replayed if dirty (read-write mount of the snapshot)"
 
 
 def mount_read_only(loop_device, target):
