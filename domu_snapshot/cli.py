@@ -413,7 +413,7 @@ def _logical_sector_size(path):
         return 512
 
 
-def _probe_origin(disk, partition, filesystems):
+def _probe_origin(disk, partition, selected):
     """Partition choice of an origin LV and why its filesystem would be refused (filesystems.refusal:
     (message, hint) or None), read through a read-only loop device (with the LV's logical sector
     size: a loop device has 512-byte sectors unless told, and the LBAs of a table written on a
@@ -424,7 +424,7 @@ def _probe_origin(disk, partition, filesystems):
         argv += ["--sector-size", str(sector_size)]
     device = commands.run(argv + [disk.lv_path], changes_system=False).stdout.strip()
     try:
-        choice = partitions.choose(partitions.probe_isolated(device), partition, filesystems)
+        choice = partitions.choose(partitions.probe_isolated(device), partition, selected)
         superblock = filesystems.read_superblock(device, choice.offset, choice.fs)
         return choice, filesystems.refusal(superblock, choice.where(disk.key))
     finally:

@@ -117,7 +117,7 @@ def test_the_fixture_disks_have_dirty_logs(xfs_vg):
 
 
 def test_the_default_configuration_refuses_xfs_guests_naming_them(xfs_vg):
-    gvg, references = xfs_vg
+    gvg, _references = xfs_vg
     proc = cli(DEFAULT_CONF, "mount", RHEL, BROKEN)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     for name in (RHEL, BROKEN):
@@ -125,7 +125,6 @@ def test_the_default_configuration_refuses_xfs_guests_naming_them(xfs_vg):
         assert any("no ext4/ext3 filesystem found" in line and "2:xfs" in line for line in lines), lines
         assert findmnt(os.path.join(ROOT, VG, name)) is None
     assert_nothing_left(gvg)
-    assert origins_unchanged(gvg, references) == {RHEL: True, BROKEN: True}
 
 
 def test_list_shows_the_xfs_partition_when_selected(xfs_vg):
