@@ -13,7 +13,7 @@ import signal
 import sys
 import syslog
 
-from . import __version__, commands, fsck, loop, mount, partitions, quiesce
+from . import __version__, commands, filesystems, loop, mount, partitions, quiesce
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
@@ -413,8 +413,8 @@ def _logical_sector_size(path):
         return 512
 
 
-def _probe_origin(disk, partition, filesystems):
-    """Partition choice of an origin LV and why its filesystem would be refused (fsck.refusal:
+def _probe_origin(disk, partition, selected):
+    """Partition choice of an origin LV and why its filesystem would be refused (filesystems.refusal:
     (message, hint) or None), read through a read-only loop device (with the LV's logical sector
     size: a loop device has 512-byte sectors unless told, and the LBAs of a table written on a
     4096-byte-sector disk count 4 KiB sectors)."""
@@ -424,8 +424,9 @@ def _probe_origin(disk, partition, filesystems):
         argv += ["--sector-size", str(sector_size)]
     device = commands.run(argv + [disk.lv_path], changes_system=False).stdout.strip()
     try:
-        choice = partitions.choose(partitions.probe_isolated(device), partition, filesystems)
-        return choice, fsck.refusal(fsck.read_superblock(device, choice.offset), choice.where(disk.key))
+        choice = partitions.choose(partitions.probe_isolated(device), partition, selected)
+        superblock = filesystems.read_superblock(device, choice.offset, choice.fs)
+        return choice, filesystems.refusal(superblock, choice.where(disk.key))
     finally:
         loop.detach(device, undo=True)  # the attach above is a query's: undone in dry-run too
 

@@ -226,8 +226,9 @@ def validate(cfg):
     if not os.path.isabs(cfg.xl_command):
         raise DomuError(f"configuration: xl_command must be an absolute path, not {cfg.xl_command!r}")
     for fs in cfg.filesystems:
-        if fs not in ("ext2", "ext3", "ext4"):
-            raise DomuError(f"filesystems: only ext2, ext3 and ext4 can be journal-replayed and mounted, not {fs!r}")
+        if fs not in ("ext2", "ext3", "ext4", "xfs"):
+            raise DomuError(f"filesystems: only ext2, ext3, ext4 and xfs can be journal-replayed and mounted, "
+                            f"not {fs!r}")
     return cfg
 
 

@@ -12,7 +12,7 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, fsck, hooks, loop, lvm, mount, partitions, quiesce, xl
+from . import commands, filesystems, hooks, loop, lvm, mount, partitions, quiesce, xfs, xl
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -549,6 +549,10 @@ class Runner:
             printer(f"would run: losetup --find --show --offset <offset> --sizelimit <size> {disk.snapshot_path}")
             printer("would run: e2fsck -p -E journal_only <loop device>")
             printer(f"would run: mount -t <ext3|ext4> -o {mount.MOUNT_OPTIONS} <loop device> {disk.mount_path}")
+            if "xfs" in self.cfg.filesystems:
+                printer(f"would run, for xfs instead: mount -t xfs -o {xfs.REPLAY_OPTIONS} <loop device> "
+                        f"{disk.mount_path}, umount {disk.mount_path} (log replay), then mount -t xfs -o "
+                        f"{xfs.MOUNT_OPTIONS} <loop device> {disk.mount_path}")
 
     def _mount_disk(self, guest, disk):
         result = DiskResult(disk)
@@ -565,39 +569,42 @@ class Runner:
                 return result
             raise GuestError(guest.name, "partition", f"{disk.key}: {exc.message}", exc.hint) from None
         result.choice = choice
-        superblock = fsck.read_superblock(snapshot, choice.offset)
+        kind = filesystems.kind(choice.fs)
+        if kind is None:
+            raise GuestError(guest.name, "partition", f"{disk.key}: {choice.describe()}: not a filesystem this "
+                             f"tool can replay and mount", f"filesystems takes {', '.join(filesystems.SUPPORTED)}")
+        superblock = filesystems.read_superblock(snapshot, choice.offset, choice.fs)
         if superblock is None:
-            raise GuestError(guest.name, "partition", f"{disk.key}: no ext superblock at byte {choice.offset}",
+            name = "ext" if kind is filesystems.EXT else choice.fs
+            raise GuestError(guest.name, "partition", f"{disk.key}: no {name} superblock at byte {choice.offset}",
                              "the partition table points elsewhere than the filesystem; set partition=N")
-        # Before any e2fsck or mount: both would open the journal's device, not the snapshot.
-        refused = fsck.refusal(superblock, choice.where(disk.key))
+        # Before any replay or mount: both would open the journal's (log's) device, not the snapshot.
+        refused = filesystems.refusal(superblock, choice.where(disk.key))
         if refused:
-            raise GuestError(guest.name, "journal check", *refused)
+            raise GuestError(guest.name, kind.check_step, *refused)
         if superblock.size > choice.size:
             raise GuestError(
                 guest.name, "partition",
                 f"{disk.key}: the {superblock.fs} filesystem claims {superblock.size} bytes but its partition "
-                f"holds {choice.size}: the partition table or the filesystem is damaged",
-                "repair it inside the guest (resize2fs or fix the partition); not backed up")
+                f"holds {choice.size}: the partition table or the filesystem is damaged", kind.resize_hint)
         try:
             result.loop = loop.attach(snapshot, choice.offset, choice.size, choice.sector_size)
         except CommandError as exc:
             raise GuestError(guest.name, "loop device", exc.summary(),
                              "check for free loop devices (losetup --list) and that the loop module is loaded") from None
         try:
-            result.journal = fsck.replay(result.loop)
+            # before the replay: XFS replays its log by a mount there
+            mount.make_dirs(disk.mount_path, self.cfg.mount_root)
+        except OSError as exc:
+            raise GuestError(guest.name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
+        try:
+            result.journal = kind.replay(result.loop, disk.mount_path, self.cfg.busy_retries)
         except ProbeError as exc:
             raise GuestError(guest.name, "journal check", exc.message, exc.hint) from None
         except CommandError as exc:
-            raise GuestError(
-                guest.name, "journal replay", exc.summary(),
-                "e2fsck could not repair the snapshot's filesystem; check the guest's filesystem from inside "
-                "the guest (never fsck the running guest's LV from the host)") from None
+            raise GuestError(guest.name, kind.replay_step, exc.summary(), kind.replay_hint) from None
         try:
-            mount.make_dirs(disk.mount_path, self.cfg.mount_root)
-            mount.mount(result.loop, disk.mount_path, superblock.fs)
-        except OSError as exc:
-            raise GuestError(guest.name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
+            kind.mount(result.loop, disk.mount_path, superblock.fs)
         except CommandError as exc:
             raise GuestError(guest.name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
         result.mounted = True

@@ -246,7 +246,8 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
 
     `partition`: "auto" (first partition, by number, whose filesystem is one of
     `filesystems`), "whole" or "0" (the filesystem covers the whole device, no table: `list`
-    shows such a guest's partition as 0) or a partition number (1 and up).
+    shows such a guest's partition as 0) or a partition number (1 and up); these two take any
+    ext2/3/4 filesystem, and a filesystem of `filesystems` (xfs).
     """
     if not isinstance(probed, dict):
         raise ProbeError("the partition-table reader returned nothing usable")
@@ -258,7 +259,8 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
         raise ProbeError(probed["error"], "see dmesg for the device's errors; the backup of this guest was not made")
     if probed.get("error"):
         raise ProbeError(f"no partition table or filesystem recognised: {probed['error']}",
-                         "if the guest uses a filesystem this tool cannot read (LUKS, LVM inside, XFS...), exclude it")
+                         "if the guest uses a filesystem this tool cannot read (LUKS, LVM inside...), exclude it "
+                         "(XFS is read with filesystems = xfs)")
     label = probed.get("label") or "unknown"
     raw = probed.get("partitions") or []
     parts = []
@@ -284,17 +286,20 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
         number = 0 if whole else p["number"]
         return Choice(number, p.get("fs"), p["start"] * sector, p["length"] * sector, label, sector)
 
+    # A partition named by number may hold any ext (as before) or any filesystem selected.
+    named_ok = EXT_TYPES + tuple(fs for fs in filesystems if fs not in EXT_TYPES)
     if str(partition) in ("whole", "0"):
-        if whole and parts and parts[0].get("fs") in EXT_TYPES:
+        if whole and parts and parts[0].get("fs") in named_ok:
             return to_choice(parts[0])
         raise ProbeError(f"partition=whole, but the disk holds a {label} table, not a filesystem")
     if str(partition).isdigit():
         wanted = int(partition)
         for p in parts:
             if p["number"] == wanted and p.get("kind") != "extended":
-                if p.get("fs") not in EXT_TYPES:
-                    raise ProbeError(f"partition {wanted} holds {p.get('fs') or 'no recognised filesystem'}, not ext2/3/4",
-                                     f"partitions found: {_listing(parts)}")
+                if p.get("fs") not in named_ok:
+                    accepted = "ext2/3/4" + "".join(f" or {fs}" for fs in named_ok[len(EXT_TYPES):])
+                    raise ProbeError(f"partition {wanted} holds {p.get('fs') or 'no recognised filesystem'}, "
+                                     f"not {accepted}", f"partitions found: {_listing(parts)}")
                 return to_choice(p)
         raise ProbeError(f"partition {wanted} does not exist ({label} table; partitions found: {_listing(parts)})")
     for p in parts:

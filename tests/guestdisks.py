@@ -1,7 +1,7 @@
 """Guest disks as real hypervisor hosts have them, for the VM test bed (run as root in the VM).
 
 A `GuestVG` is a volume group on a loop-backed PV (a sparse image in /run, i.e. RAM). Each guest
-LV gets a whole disk image laid out like a real domU disk (see LAYOUTS), with its ext3/ext4
+LV gets a whole disk image laid out like a real domU disk (see LAYOUTS), with its ext3/ext4 (or XFS)
 filesystem populated with a known tree while mounted and captured *as a running guest's disk
 would be*: the superblock says needs_recovery and the journal holds committed transactions that
 have not been checkpointed, so only a journal replay shows the whole tree.
@@ -82,7 +82,7 @@ class Layout:
     description: str
     default_mib: int
     label: str | None                  # "msdos", "gpt" or None (no partition table)
-    fstype: str | None                 # "ext3", "ext4" or None (nothing to mount)
+    fstype: str | None                 # "ext3", "ext4", "xfs" or None (nothing to mount)
     partition: int | None              # partition number holding the ext fs; None = whole LV / none
 
     def table(self, total: int) -> list[tuple[int, int, str, str]]:
@@ -116,6 +116,8 @@ LAYOUTS = {lay.name: lay for lay in [
     Layout("whole-ext4", "ext4 on the whole LV, no partition table", 40, None, "ext4", None),
     Layout("whole-ext3", "ext3 on the whole LV, no partition table", 40, None, "ext3", None),
     Layout("swap", "swap on the whole LV, nothing to mount", 16, None, None, None),
+    # mkfs.xfs (xfsprogs >= 5.19) refuses a data section under 300 MB: 327 MiB of a sparse LV
+    Layout("msdos-swap-xfs", "RHEL-like: msdos, swap at 1 MiB, then XFS (issue 15)", 336, "msdos", "xfs", 2),
 ]}
 
 _SWAP_S = 8 * MiB // SECTOR
@@ -134,6 +136,7 @@ _REGIONS = {
     "whole-ext4": lambda total: ((0, total - 1), []),
     "whole-ext3": lambda total: ((0, total - 1), []),
     "swap": lambda total: (None, [(0, total - 1)]),
+    "msdos-swap-xfs": lambda total: ((2048 + _SWAP_S, total - 1), [(2048, 2048 + _SWAP_S - 1)]),
 }
 
 _GPT_BIOS, _GPT_SWAP, _GPT_LINUX = ("21686148-6449-6E6F-744E-656564454649", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
@@ -151,6 +154,7 @@ _TABLES = {
     "msdos-ext4-1m": lambda t: [(2048, t - 1, "83", "")],
     "gpt-ext4": lambda t: [(2048, 4095, _GPT_BIOS, "bios"), (4096, 20479, _GPT_SWAP, "swap"),
                            (20480, t - _GPT_TAIL, _GPT_LINUX, "root")],
+    "msdos-swap-xfs": lambda t: [(2048, 2048 + _SWAP_S - 1, "82", ""), (2048 + _SWAP_S, t - 1, "83", "")],
 }
 
 
@@ -402,13 +406,14 @@ class GuestDisk:
     partition: int | None      # number of the partition with the ext fs; None: whole LV or no fs
     offset: int | None         # byte offset of the ext fs in the LV (0: whole LV; None: no ext fs)
     fs_size: int | None        # bytes of the ext fs region (for losetup --sizelimit)
-    fstype: str | None         # "ext3", "ext4", or None (nothing to mount)
-    dirty: bool                # journal needs replay (needs_recovery set)
+    fstype: str | None         # "ext3", "ext4", "xfs" or None (nothing to mount)
+    dirty: bool                # journal needs replay (needs_recovery set; xfs: the log is dirty)
     seed: str
     fs_uuid: str | None
     swap_partitions: list[int]
     tree: dict[str, dict]      # expected_tree(seed), {} when there is no fs
     image: str                 # the disk image the LV was written from
+    log_tail: int | None = None  # xfs, dirty: byte offset in the disk of the log's first record to replay
 
     @property
     def lv_path(self) -> str:
@@ -516,7 +521,8 @@ class GuestVG:
                       offset=meta["offset"], fs_size=meta["fs_size"], fstype=lay.fstype,
                       dirty=dirty and lay.fstype is not None, seed=seed, fs_uuid=meta["uuid"],
                       swap_partitions=meta["swap_partitions"],
-                      tree=expected_tree(seed) if lay.fstype else {}, image=str(image))
+                      tree=expected_tree(seed) if lay.fstype else {}, image=str(image),
+                      log_tail=meta.get("log_tail"))
         self.guests[lv] = g
         self.timings[lv] = time.monotonic() - t0
         return g
@@ -584,6 +590,7 @@ def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: 
             input=lay.sfdisk_script(total, seed).encode())
     fs_region, swap_regions = lay.regions(total)
     fs_uuid = None
+    log_tail = None
     scratch.mkdir(parents=True, exist_ok=True)
     for i, (start, end) in enumerate(swap_regions):
         part = scratch / "swap.img"
@@ -595,11 +602,12 @@ def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: 
     if fs_region:
         start, end = fs_region
         fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|{lay.fstype}"))
-        _make_fs(image, start * SECTOR, (end - start + 1) * SECTOR, lay.fstype, seed, fs_uuid, dirty, scratch)
-    swap_parts = {"msdos-ext3-63": [5], "gpt-ext4": [2]}.get(lay.name, [])
+        make = _make_xfs if lay.fstype == "xfs" else _make_fs
+        log_tail = make(image, start * SECTOR, (end - start + 1) * SECTOR, lay.fstype, seed, fs_uuid, dirty, scratch)
+    swap_parts = {"msdos-ext3-63": [5], "gpt-ext4": [2], "msdos-swap-xfs": [1]}.get(lay.name, [])
     return {"offset": fs_region[0] * SECTOR if fs_region else None,
             "fs_size": (fs_region[1] - fs_region[0] + 1) * SECTOR if fs_region else None,
-            "uuid": fs_uuid, "swap_partitions": swap_parts}
+            "uuid": fs_uuid, "swap_partitions": swap_parts, "log_tail": log_tail}
 
 
 def _make_fs(image: Path, offset: int, size: int, fstype: str, seed: str, fs_uuid: str, dirty: bool,
@@ -630,6 +638,49 @@ def _make_fs(image: Path, offset: int, size: int, fstype: str, seed: str, fs_uui
     part.unlink()
     if needs_recovery(image, offset) != dirty:
         raise FixtureError(f"{image}@{offset}: needs_recovery is {not dirty}, wanted {dirty}")
+
+
+def _make_xfs(image: Path, offset: int, size: int, fstype: str, seed: str, fs_uuid: str, dirty: bool,
+              scratch: Path) -> int | None:
+    """mkfs.xfs in a scratch file, mount it, write the tree; dirty: shut the filesystem down with its
+    log forced (xfs_io shutdown -f) so that the tree's metadata is only in the log, as after a crash
+    of the running guest (a mount with norecovery shows an empty root). Copies the result into `image`
+    at `offset`; returns, for a dirty log, the byte offset in `image` of the first record to replay."""
+    part = scratch / "fs.img"
+    with open(part, "wb") as f:
+        f.truncate(size)
+    run(["mkfs.xfs", "-q", "-f", "-L", seed.encode()[:12].decode(errors="ignore"), "-m", f"uuid={fs_uuid}",
+         str(part)])
+    mnt = scratch / "mnt"
+    mnt.mkdir(exist_ok=True)
+    loop = out(["losetup", "--find", "--show", str(part)]).strip()
+    try:
+        run(["mount", "-t", "xfs", loop, str(mnt)])
+        try:
+            populate(mnt, seed)
+            if dirty:
+                run(["xfs_io", "-x", "-c", "shutdown -f", str(mnt)])
+        finally:
+            run(["umount", str(mnt)])
+    finally:
+        run(["losetup", "-d", loop])
+    log_daddr, tail, head, state = xfs_log_state(part)
+    if (state == "DIRTY") != dirty or (dirty and head == tail):
+        raise FixtureError(f"{image}@{offset}: the XFS log is {state} (tail {tail}, head {head}), wanted "
+                           f"{'dirty' if dirty else 'clean'}")
+    _copy_into(part, image, offset)
+    part.unlink()
+    return offset + (log_daddr + tail) * SECTOR if dirty else None
+
+
+def xfs_log_state(device: str | Path) -> tuple[int, int, int, str]:
+    """(the log's first sector, tail block, head block, "DIRTY" or "CLEAN") of the XFS on `device`
+    (xfs_logprint -t; blocks are 512-byte sectors from the log's start)."""
+    text = out(["xfs_logprint", "-t", str(device)])
+    match = re.search(r"daddr: (\d+).*?log tail: (\d+) head: (\d+) state: <(\w+)>", text, re.S)
+    if not match:
+        raise FixtureError(f"xfs_logprint -t {device}: no log state in its output: {text[:300]!r}")
+    return int(match.group(1)), int(match.group(2)), int(match.group(3)), match.group(4)
 
 
 def needs_recovery(device: str | Path, offset: int = 0) -> bool:
