@@ -13,7 +13,7 @@ import signal
 import sys
 import syslog
 
-from . import __version__, commands, filesystems, loop, mount, partitions, quiesce
+from . import __version__, commands, filesystems, guestlvm, loop, mount, partitions, quiesce
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
@@ -158,7 +158,8 @@ def _disk_record(disk_result):
             "mounted": disk_result.mounted, "partition": choice.number if choice else None,
             "fs": choice.fs if choice else None, "offset": choice.offset if choice else None,
             "loop_device": disk_result.loop or None, "journal": disk_result.journal or None,
-            "snapshot_peak_use_percent": disk_result.peak_percent, "note": disk_result.note or None}
+            "snapshot_peak_use_percent": disk_result.peak_percent, "note": disk_result.note or None,
+            "guest_lv": disk_result.inner or None}
 
 
 def _result_record(result):
@@ -413,7 +414,7 @@ def _logical_sector_size(path):
         return 512
 
 
-def _probe_origin(disk, partition, selected):
+def _probe_origin(disk, partition, selected, guest_lvm="no", guest_lv="auto"):
     """Partition choice of an origin LV and why its filesystem would be refused (filesystems.refusal:
     (message, hint) or None), read through a read-only loop device (with the LV's logical sector
     size: a loop device has 512-byte sectors unless told, and the LBAs of a table written on a
@@ -424,7 +425,17 @@ def _probe_origin(disk, partition, selected):
         argv += ["--sector-size", str(sector_size)]
     device = commands.run(argv + [disk.lv_path], changes_system=False).stdout.strip()
     try:
-        choice = partitions.choose(partitions.probe_isolated(device), partition, selected)
+        probed = partitions.probe_isolated(device)
+        # LVM inside the guest: what prepare would do (guestlvm.plan reads the PV's metadata only)
+        inner = guestlvm.plan(probed, device, guest_lvm, partition, guest_lv)
+        if inner is not None and guest_lvm == "yes":
+            return inner
+        try:
+            choice = partitions.choose(probed, partition, selected)
+        except ProbeError:
+            if inner is not None:
+                return inner
+            raise
         superblock = filesystems.read_superblock(device, choice.offset, choice.fs)
         return choice, filesystems.refusal(superblock, choice.where(disk.key))
     finally:
@@ -443,11 +454,19 @@ def cmd_list(runner, args, out):
                    "problem": None}
             if disk.origin.active:
                 try:
-                    choice, refused = _probe_origin(disk, runner.cfg.for_disk(guest, disk, "partition"),
-                                                    runner.cfg.filesystems)
-                    row.update(partition=choice.number, fs=choice.fs, offset=choice.offset)
-                    if refused:
-                        row["problem"] = refused[0]
+                    found = _probe_origin(disk, runner.cfg.for_disk(guest, disk, "partition"),
+                                          runner.cfg.filesystems, runner.cfg.for_disk(guest, disk, "guest_lvm"),
+                                          runner.cfg.for_disk(guest, disk, "guest_lv"))
+                    if len(found) == 3:  # a guest VG: (pv choice, its LVs to try, problem)
+                        choice, inner, problem = found
+                        row.update(partition=choice.number, fs="lvm", offset=choice.offset, guest_lvs=inner)
+                        if problem:
+                            row["problem"] = problem
+                    else:
+                        choice, refused = found
+                        row.update(partition=choice.number, fs=choice.fs, offset=choice.offset)
+                        if refused:
+                            row["problem"] = refused[0]
                 except (ProbeError, CommandError) as exc:
                     row["problem"] = str(exc)
             else:
@@ -461,6 +480,7 @@ def cmd_list(runner, args, out):
         part = "whole" if row["partition"] == 0 else ("-" if row["partition"] is None else str(row["partition"]))
         print(f"{row['guest']:24} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
               f"{'-' if row['offset'] is None else row['offset']:>12} {'yes' if row['mounted'] else 'no'}"
+              + (f"  guest LVs: {one_line(row['guest_lvs'])}" if row.get("guest_lvs") else "")
               + (f"  ({one_line(row['problem'])})" if row["problem"] else ""))
     return EXIT_OK
 
@@ -473,15 +493,20 @@ def _status(runner):
         snapshot = by_rdev.get(device.backing_rdev())
         if snapshot:
             loops[device.name] = snapshot
+    inner = {}  # LVM inside a guest: the device of a guest LV on one of our loops -> that loop
+    for name in loops:
+        for path in guestlvm.holder_paths(name):
+            inner[os.path.realpath(path)] = name
     mounted, used_loops, used_snaps = [], set(), set()
     for target, source in state.mounts:
-        snapshot = loops.get(source)
+        loop_name = inner.get(os.path.realpath(source), source) if source else source
+        snapshot = loops.get(loop_name)
         mounted.append({"mount_path": target, "device": source,
                         "snapshot": snapshot.key if snapshot else None,
                         "snapshot_use_percent": snapshot.snap_percent if snapshot else None,
                         "overflowed": bool(snapshot and snapshot.is_classic_snapshot and snapshot.invalid),
                         **_pool_fields(snapshot, state.pools)})
-        used_loops.add(source)
+        used_loops.add(loop_name)
         if snapshot:
             used_snaps.add(snapshot.key)
     leftovers = [{"kind": "loop device", "name": name, "snapshot": s.key}
@@ -535,6 +560,10 @@ def cmd_check(runner, args, out):
         report(True, "pyparted")
     except ImportError:
         report(False, "pyparted (install python3-parted)")
+    if guestlvm.host_scans_lvs():
+        report(False, "the host's LVM scans LVs (lvm.conf devices/scan_lvs = 1): a guest's own VG on its disk "
+                      "is seen, and may be auto-activated, by the host while the guest runs; set scan_lvs = 0 "
+                      "(see README: LVM inside the guest)")
     guests = runner.discover()
     report(bool(guests), f"{len(guests)} guest(s) with prefix {runner.cfg.prefix!r}")
     kind, missing = runner.host_kind(), runner.quiescer.unavailable

@@ -96,7 +96,7 @@ TOOL_PATH_ENV = "DOMU_SNAPSHOT_TOOL_PATH"
 NEVER_KILLED = frozenset({
     "lvm", "lvcreate", "lvremove", "lvchange", "lvconvert", "lvextend", "lvreduce", "lvresize",
     "lvrename", "vgchange", "vgcreate", "vgremove", "vgextend", "vgreduce", "vgrename", "vgcfgrestore",
-    "pvcreate", "pvremove", "pvmove", "pvchange", "dmsetup",
+    "pvcreate", "pvremove", "pvmove", "pvchange", "dmsetup", "vgimportclone",
 })
 
 

@@ -23,7 +23,8 @@ QUIESCE_LEVELS = ("auto", "agent", "suspend", "sync", "none")
 # libvirt_uri is set, else xl on a Xen control domain, else none), plain uses none.
 HOST_KINDS = ("auto", "plain", "libvirt", "xl")
 GUEST_KEYS = ("partition", "snapshot_size", "chunk_size", "quiesce", "before_snapshot_hook",
-              "after_snapshot_hook", "before_hook_failure")
+              "after_snapshot_hook", "before_hook_failure", "guest_lvm", "guest_lv")
+GUEST_LVM_MODES = ("auto", "yes", "no")
 
 
 @dataclasses.dataclass
@@ -38,6 +39,11 @@ class Config:
     chunk_size: str = ""
     partition: str = "auto"  # "auto", "whole" (= "0", as `list` shows it) or a partition number >= 1
     filesystems: list = dataclasses.field(default_factory=lambda: ["ext4", "ext3"])
+    # LVM inside the guest (guestlvm.py): "auto" mounts an LV of the guest's VG only when no ext
+    # partition is chosen (a disk that is only a PV); "yes" prefers it to the first ext partition
+    # (Debian's guided LVM has /boot first); "no" never. guest_lv: the LV, or auto (root-like first).
+    guest_lvm: str = "auto"
+    guest_lv: str = "auto"
     mount_root: str = "/var/lib/domu-snapshot/mnt"
     lock_file: str = "/run/domu-snapshot/lock"  # in a root-only directory (lock.py)
     lock_timeout: float = 60.0
@@ -187,6 +193,12 @@ def _check_guest_value(where, key, value):
         if value not in ("auto", "whole") and not (str(value).isdigit() and len(str(value)) < 4):
             raise DomuError(f"{where}: partition must be 'auto', 'whole' (or 0, the same) or a partition "
                             f"number, not {value!r}")
+    elif key == "guest_lvm":
+        if value not in GUEST_LVM_MODES:
+            raise DomuError(f"{where}: guest_lvm must be one of {', '.join(GUEST_LVM_MODES)}, not {value!r}")
+    elif key == "guest_lv":
+        if not re.match(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$", str(value)):
+            raise DomuError(f"{where}: guest_lv must be auto or an LVM LV name, not {value!r}")
     elif key == "quiesce":
         if value not in QUIESCE_LEVELS:
             raise DomuError(f"{where}: quiesce must be one of {', '.join(QUIESCE_LEVELS)}, not {value!r}")

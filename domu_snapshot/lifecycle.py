@@ -12,7 +12,7 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, filesystems, hooks, loop, lvm, mount, partitions, quiesce, xfs, xl
+from . import commands, filesystems, guestlvm, hooks, loop, lvm, mount, partitions, quiesce, xfs, xl
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -69,6 +69,8 @@ class DiskResult:
     mounted: bool = False
     peak_percent: Optional[float] = None  # snapshot use at teardown
     note: str = ""
+    inner: str = ""  # LVM inside the guest: "guest VG ubuntu-vg (as domusnap_...), LV root"
+    inner_note: str = ""  # e.g. the host's udev had auto-activated the guest VG
 
     @property
     def mount_path(self):
@@ -79,7 +81,8 @@ class DiskResult:
             return f"{self.disk.key}: {self.note}"
         if not self.choice:
             return f"{self.disk.key}: not mounted"
-        return f"{self.disk.key}: {self.choice.describe()}, {self.journal or 'clean'}"
+        inner = f", {self.inner}" if self.inner else ""
+        return f"{self.disk.key}: {self.choice.describe()}{inner}, {self.journal or 'clean'}"
 
 
 @dataclasses.dataclass
@@ -138,10 +141,21 @@ class SystemState:
         """(ours, foreign): mounts under the mount root whose source is a loop device over one of
         our snapshots, and every other one (never unmounted: not ours, whatever its path)."""
         loops = self.our_loops()
+        inner = self.inner_devices(loops)
         ours, foreign = [], []
         for target, source in self.mounts:
-            (ours if source in loops else foreign).append((target, source))
+            mine = source in loops or (source and os.path.realpath(source) in inner)
+            (ours if mine else foreign).append((target, source))
         return ours, foreign
+
+    @staticmethod
+    def inner_devices(loops):
+        """Device paths (resolved) of the guest LVs active on our loop devices (LVM inside a guest):
+        the device-mapper devices holding them (/sys/block/loopN/holders)."""
+        found = set()
+        for name in loops:
+            found |= {os.path.realpath(path) for path in guestlvm.holder_paths(name)}
+        return found
 
 
 # Whose snapshots a runner leaves alone, by the runner's owner. The plugin must not tear down a
@@ -190,6 +204,8 @@ class Runner:
     def _is_candidate(self, lv):
         if lv.is_hidden or lv.is_pool or lv.is_snapshot or lv.ours or lv.name.endswith(lvm.SUFFIX):
             return False
+        if guestlvm.is_inner_vg(lv.vg):
+            return False  # a guest's own VG on one of our snapshots (LVM inside the guest)
         return self.selects(lv.vg, lv.name)
 
     def selects(self, vg, lv):
@@ -403,6 +419,8 @@ class Runner:
             commands.settle(self.cfg.settle_timeout)
             for disk in guest.disks:
                 result.disks.append(self._mount_disk(guest, disk))
+                if result.disks[-1].inner_note:
+                    result.notes.append(result.disks[-1].inner_note)
             if not any(d.mounted for d in result.disks):
                 result.status = "skipped"
                 result.notes.append("nothing to back up: " + "; ".join(d.note for d in result.disks))
@@ -561,13 +579,23 @@ class Runner:
             probed = partitions.probe_isolated(snapshot)
         except ProbeError as exc:
             raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
+        mode = self.cfg.for_disk(guest, disk, "guest_lvm")
+        partition = self.cfg.for_disk(guest, disk, "partition")
+        pv = guestlvm.find_pv(probed, snapshot, partition) if mode != "no" else None
+        if pv is not None and mode == "yes":
+            return guestlvm.bring_up(guest, disk, snapshot, pv, result, self.cfg)
         try:
-            choice = partitions.choose(probed, self.cfg.for_disk(guest, disk, "partition"), self.cfg.filesystems)
+            choice = partitions.choose(probed, partition, self.cfg.filesystems)
         except ProbeError as exc:
+            if pv is not None:  # guest_lvm = auto: the guest's VG when no ext partition is chosen
+                return guestlvm.bring_up(guest, disk, snapshot, pv, result, self.cfg)
             if partitions.only_swap(probed):
                 result.note = "holds only swap"
                 return result
             raise GuestError(guest.name, "partition", f"{disk.key}: {exc.message}", exc.hint) from None
+        if pv is not None:
+            result.inner_note = (f"{disk.key} also holds an LVM PV ({pv.where(disk.key)}): its guest VG is not "
+                                 f"backed up (set guest_lvm = yes for this guest to mount its root LV instead)")
         result.choice = choice
         kind = filesystems.kind(choice.fs)
         if kind is None:
@@ -712,11 +740,14 @@ class Runner:
                 for target, _source in ours:
                     if target == disk.mount_path or target.startswith(disk.mount_path + os.sep):
                         mount.unmount(target, self.cfg.busy_retries)
-                step = "loop detach"
                 if snapshot is not None and snapshot.major is not None:
-                    for device in state.loops:
-                        if device.backing_rdev() == (snapshot.major, snapshot.minor):
-                            loop.detach(device.name, self.cfg.busy_retries)
+                    mine = [d.name for d in state.loops if d.backing_rdev() == (snapshot.major, snapshot.minor)]
+                    step = "guest VG deactivation"
+                    for name in mine:
+                        guestlvm.deactivate(name, self.cfg.busy_retries)  # LVM inside the guest, if active
+                    step = "loop detach"
+                    for name in mine:
+                        loop.detach(name, self.cfg.busy_retries)
                 if snapshot is not None:
                     disk_result.peak_percent = snapshot.snap_percent
                     if snapshot.is_classic_snapshot and snapshot.invalid and stale:
