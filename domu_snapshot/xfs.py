@@ -78,7 +78,7 @@ def replay(loop_device, target, retries=5):
     """Replay the log: mount the snapshot's loop device read-write at `target`, then unmount.
 
     Raises CommandError with mount's message when the kernel cannot replay (or read) the log.
-    A clean log is left as it was; a dirty one is replayed into the snapshot only.
+    A dirty log is replayed into the snapshot only (a clean one gets a new unmount record there).
     """
     commands.run(["mount", "-t", "xfs", "-o", REPLAY_OPTIONS, loop_device, target], changes_system=True)
     mount.unmount(target, retries)
