@@ -289,6 +289,15 @@ def _line(out, result):
 def cmd_mount(runner, args, out):
     if not args.all and not args.guests:
         raise DomuError("name the guests to mount, or use --all")
+    if not runner.cfg.dry_run:
+        runner.warm_up_probe()  # its start overlaps the lock, lvs and the first snapshots
+    try:
+        return _mount(runner, args, out)
+    finally:
+        runner.end_spare_probe()
+
+
+def _mount(runner, args, out):
     with runner.lock():
         guests = runner.discover(None if args.all else args.guests)
         if not guests:

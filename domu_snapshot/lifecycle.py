@@ -189,6 +189,7 @@ class Runner:
         self._volumes = None
         self._quiescer = None
         self._domains = {}
+        self._spare_probe = None  # a partitions.ProbeChild started ahead (warm_up_probe)
 
     def log(self, level, message):
         self._log(level, message)
@@ -410,6 +411,8 @@ class Runner:
             return result
         try:
             self._check_names(guest)
+            if not commands.is_dry_run():
+                self.warm_up_probe()  # starts while the snapshots are made
             self._remove_leftovers(guest, result)
             self._create_snapshots(guest, result)
             self._save_domain_xml(guest, result)
@@ -417,8 +420,8 @@ class Runner:
                 self._print_plan(guest)
                 return result
             commands.settle(self.cfg.settle_timeout)
-            for disk in guest.disks:
-                result.disks.append(self._mount_disk(guest, disk))
+            for index, disk in enumerate(guest.disks):
+                result.disks.append(self._mount_disk(guest, disk, more_disks=index + 1 < len(guest.disks)))
                 if result.disks[-1].inner_note:
                     result.notes.append(result.disks[-1].inner_note)
             if not any(d.mounted for d in result.disks):
@@ -433,8 +436,29 @@ class Runner:
             self._teardown_quietly(guest, result)
             raise
         finally:
+            self.end_spare_probe()
             result.seconds = time.monotonic() - started
         return result
+
+    def warm_up_probe(self):
+        """Start the next partition probe's child now, so that its start (Python, libparted)
+        overlaps the snapshots instead of following them."""
+        if self._spare_probe is None:
+            self._spare_probe = partitions.ProbeChild()
+
+    def _probe(self, path, warm_next=False):
+        """The partition table of `path`, read in the spare child if one was started."""
+        child, self._spare_probe = self._spare_probe, None
+        if warm_next:
+            self.warm_up_probe()  # the next disk's, while this one is read
+        if child is None:
+            return partitions.probe_isolated(path)
+        return child.probe(path)
+
+    def end_spare_probe(self):
+        child, self._spare_probe = self._spare_probe, None
+        if child is not None:
+            child.close()
 
     def _check_names(self, guest):
         for disk in guest.disks:
@@ -572,11 +596,11 @@ class Runner:
                         f"{disk.mount_path}, umount {disk.mount_path} (log replay), then mount -t xfs -o "
                         f"{xfs.MOUNT_OPTIONS} <loop device> {disk.mount_path}")
 
-    def _mount_disk(self, guest, disk):
+    def _mount_disk(self, guest, disk, more_disks=False):
         result = DiskResult(disk)
         snapshot = disk.snapshot_path
         try:
-            probed = partitions.probe_isolated(snapshot)
+            probed = self._probe(snapshot, warm_next=more_disks)
         except ProbeError as exc:
             raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
         mode = self.cfg.for_disk(guest, disk, "guest_lvm")
