@@ -436,7 +436,7 @@ def cmd_list(runner, args, out):
     rows = []
     for guest in guests:
         for disk in guest.disks:
-            row = {"guest": guest.name, "domain": guest.domain, "vg": disk.vg, "lv": disk.lv,
+            row = {"guest": guest.name, "domain": guest.domain, "vmid": guest.vmid, "vg": disk.vg, "lv": disk.lv,
                    "size": disk.origin.size, "active": disk.origin.active, "partition": None, "fs": None,
                    "offset": None, "mounted": disk.mount_path in mounted, "mount_path": disk.mount_path,
                    "problem": None}
@@ -455,10 +455,14 @@ def cmd_list(runner, args, out):
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    print(f"{'GUEST':24} {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
+    # Proxmox VE: one row per disk of a VM, under its VMID
+    first = (lambda row: f"{row['vmid'] or '-':>6} {row['lv']:24}") if runner.proxmox else \
+        (lambda row: f"{row['guest']:24}")
+    print((f"{'VMID':>6} {'DISK':24}" if runner.proxmox else f"{'GUEST':24}")
+          + f" {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
     for row in rows:
         part = "whole" if row["partition"] == 0 else ("-" if row["partition"] is None else str(row["partition"]))
-        print(f"{row['guest']:24} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
+        print(f"{first(row)} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
               f"{'-' if row['offset'] is None else row['offset']:>12} {'yes' if row['mounted'] else 'no'}"
               + (f"  ({one_line(row['problem'])})" if row["problem"] else ""))
     return EXIT_OK
@@ -524,8 +528,21 @@ def cmd_check(runner, args, out):
         report(True, "pyparted")
     except ImportError:
         report(False, "pyparted (install python3-parted)")
+    kind = runner.host_kind
+    why = {"proxmox": f"host = {runner.cfg.host}" + (f", {runner.cfg.pve_config_dir} exists"
+                                                     if runner.cfg.host == "auto" else ""),
+           "plain": "host = plain: no libvirt"}.get(kind, f"host = {runner.cfg.host}: libvirt where it answers")
+    report(True, f"host kind {kind} ({why})")
     guests = runner.discover()
-    report(bool(guests), f"{len(guests)} guest(s) with prefix {runner.cfg.prefix!r}")
+    if runner.proxmox:
+        report(bool(guests), f"{len(guests)} guest(s): Proxmox VE VMs (vm-<vmid>-disk-<n>"
+                             + (", base-<vmid>-disk-<n>)" if runner.cfg.pve_templates else ")"))
+    else:
+        report(bool(guests), f"{len(guests)} guest(s) with prefix {runner.cfg.prefix!r}")
+    for guest in guests:
+        plan = runner.quiesce_plan(guest)
+        disks = ", ".join(d.key for d in guest.disks)
+        report("; fails" not in plan, f"guest {guest.name} ({disks}): quiesce {plan}")
     for name, error in runner.check_space(guests, concurrent=True).items():
         report(False, f"space for {name}: {error.message}")
     try:

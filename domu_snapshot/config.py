@@ -19,6 +19,7 @@ MAIN_SECTION = "domu-snapshot"
 GUEST_SECTION = re.compile(r"^guest\s+(?P<name>\S+)$")
 
 QUIESCE_LEVELS = ("auto", "agent", "suspend", "sync", "none")
+HOST_KINDS = ("auto", "plain", "libvirt", "proxmox")
 GUEST_KEYS = ("partition", "snapshot_size", "chunk_size", "quiesce")
 
 
@@ -46,6 +47,12 @@ class Config:
     # every block a guest writes while its snapshot exists takes a new block of the pool.
     thin_pool_max_data_percent: float = 90.0
     thin_pool_max_metadata_percent: float = 80.0
+    # What kind of host: "auto" (Proxmox VE when pve_config_dir exists, else as "libvirt": libvirt
+    # where it answers, plain LVs otherwise), "plain" (no libvirt), "libvirt", "proxmox".
+    host: str = "auto"
+    pve_config_dir: str = "/etc/pve/qemu-server"  # <vmid>.conf (agent: 1, ...)
+    pve_run_dir: str = "/var/run/qemu-server"  # <vmid>.qga and <vmid>.qmp sockets
+    pve_templates: bool = False  # also back up templates' disks (base-<vmid>-disk-<n>)
     syslog: bool = True
     dry_run: bool = False
     allow_empty: bool = False  # `mount --all` selecting no guest: exit 0 (else 1)
@@ -73,7 +80,7 @@ _LIST_KEYS = {"vgs", "include", "exclude", "filesystems"}
 _FLOAT_KEYS = {"lock_timeout", "quiesce_timeout", "settle_timeout", "thin_pool_max_data_percent",
                "thin_pool_max_metadata_percent"}
 _INT_KEYS = {"busy_retries"}
-_BOOL_KEYS = {"syslog", "dry_run", "allow_empty"}
+_BOOL_KEYS = {"syslog", "dry_run", "allow_empty", "pve_templates"}
 _ALIASES = {"vg": "vgs"}
 
 
@@ -178,6 +185,11 @@ def validate(cfg):
         raise DomuError(f"mount_root must be an absolute path, not {cfg.mount_root!r}")
     if os.path.normpath(cfg.mount_root) == "/":
         raise DomuError("mount_root must not be /")
+    if cfg.host not in HOST_KINDS:
+        raise DomuError(f"configuration: host must be one of {', '.join(HOST_KINDS)}, not {cfg.host!r}")
+    for key in ("pve_config_dir", "pve_run_dir"):
+        if not os.path.isabs(getattr(cfg, key)):
+            raise DomuError(f"configuration: {key} must be an absolute path, not {getattr(cfg, key)!r}")
     for key, (low, high, low_ok) in _RANGES.items():
         value = getattr(cfg, key)
         if isinstance(value, float) and not math.isfinite(value):
