@@ -133,7 +133,7 @@ def plan_text(cfg, vmid, level):
     if not config:
         return f"{level}: no config {config_path(cfg, vmid)}" + ("; none" if level == "auto" else "; fails")
     enabled, freeze = agent_setting(config.get("agent"))
-    running = os.path.exists(socket_path(cfg, vmid, "qmp"))
+    running = any(os.path.exists(socket_path(cfg, vmid, kind)) for kind in ("qmp", "qga"))
     state = "" if running else " (VM not running now: none needed)"
     if level in ("auto", "agent"):
         if enabled and freeze:
@@ -170,9 +170,11 @@ class Hold:
         return GuestError(self.guest, "quiesce", f"quiesce={level} not possible: {reason}", hint)
 
     def _running(self):
-        """"running", "paused" (or another QEMU run state), or "" when the VM does not run."""
+        """"running", "paused" (or another QEMU run state), or "" when the VM does not run.
+        QEMU makes both sockets at start and removes them at exit; without a QMP socket but with
+        the agent's, the VM is taken as running (the agent path needs no QMP)."""
         if not os.path.exists(self.monitor.path):
-            return ""
+            return "running" if os.path.exists(self.agent.path) else ""
         try:
             return self.monitor.status()
         except qga.ProtocolError as exc:

@@ -451,3 +451,15 @@ def test_qmp_client_skips_events_and_matches_ids(sockdir):
         assert monitor.status() == "running"
     finally:
         peer.close()
+
+
+def test_an_agent_socket_without_qmp_is_a_running_vm(sockdir, tmp_path):
+    (tmp_path / "100.conf").write_text("agent: 1\n")
+    state = {}
+    peer = Peer(os.path.join(sockdir, "100.qga"), honest_agent(state))
+    try:
+        with proxmox.Hold(hold_cfg(sockdir, tmp_path), "vm-100", "100", "auto") as result:
+            assert state["frozen"]
+        assert result.level == "agent" and not state["frozen"]
+    finally:
+        peer.close()
