@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 # has no SQLite catalog).
 # Installed without recommends (which would pull in a GUI for qemu and a mail daemon for Bacula),
 # so what lvm2 recommends and we need is listed: thin_check for thin pools.
-APT_PACKAGES := lvm2 thin-provisioning-tools parted fdisk e2fsprogs dosfstools xfsprogs btrfs-progs \
+APT_PACKAGES := lvm2 thin-provisioning-tools qemu-guest-agent parted fdisk e2fsprogs dosfstools xfsprogs btrfs-progs \
 	cryptsetup-bin udev kmod util-linux \
 	qemu-system-x86 linux-image-amd64 busybox-static \
 	python3-venv python3-dev python3-setuptools python3-wheel python3-parted python3-libvirt \

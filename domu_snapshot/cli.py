@@ -457,7 +457,7 @@ def cmd_list(runner, args, out):
     rows = []
     for guest in guests:
         for disk in guest.disks:
-            row = {"guest": guest.name, "domain": guest.domain, "vg": disk.vg, "lv": disk.lv,
+            row = {"guest": guest.name, "domain": guest.domain, "vmid": guest.vmid, "vg": disk.vg, "lv": disk.lv,
                    "size": disk.origin.size, "active": disk.origin.active, "partition": None, "fs": None,
                    "offset": None, "mounted": disk.mount_path in mounted, "mount_path": disk.mount_path,
                    "problem": None}
@@ -484,10 +484,14 @@ def cmd_list(runner, args, out):
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    print(f"{'GUEST':24} {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
+    # Proxmox VE: one row per disk of a VM, under its VMID
+    first = (lambda row: f"{row['vmid'] or '-':>6} {row['lv']:24}") if runner.proxmox else \
+        (lambda row: f"{row['guest']:24}")
+    print((f"{'VMID':>6} {'DISK':24}" if runner.proxmox else f"{'GUEST':24}")
+          + f" {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
     for row in rows:
         part = "whole" if row["partition"] == 0 else ("-" if row["partition"] is None else str(row["partition"]))
-        print(f"{row['guest']:24} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
+        print(f"{first(row)} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
               f"{'-' if row['offset'] is None else row['offset']:>12} {'yes' if row['mounted'] else 'no'}"
               + (f"  guest LVs: {one_line(row['guest_lvs'])}" if row.get("guest_lvs") else "")
               + (f"  ({one_line(row['problem'])})" if row["problem"] else ""))
@@ -573,16 +577,24 @@ def cmd_check(runner, args, out):
         report(False, "the host's LVM scans LVs (lvm.conf devices/scan_lvs = 1): a guest's own VG on its disk "
                       "is seen, and may be auto-activated, by the host while the guest runs; set scan_lvs = 0 "
                       "(see README: LVM inside the guest)")
+    kind, cfg = runner.host_kind(), runner.cfg
+    missing = runner.quiescer.unavailable if kind in ("libvirt", "xl") else None
+    why = {"proxmox": f"host = {cfg.host}" + (f", {cfg.pve_config_dir} exists" if cfg.host == "auto" else ""),
+           "plain": "host = plain: no toolstack",
+           "xl": f"host = {cfg.host}" + (", a Xen control domain with xl" if cfg.host == "auto" else "")
+           }.get(kind, f"host = {cfg.host}: libvirt where it answers")
+    report(not (missing and cfg.host in ("libvirt", "xl")),
+           f"host kind {kind} ({why})" + (f"; {missing}" if missing else ""))
     guests = runner.discover()
-    report(bool(guests), f"{len(guests)} guest(s) with prefix {runner.cfg.prefix!r}")
-    kind, missing = runner.host_kind(), runner.quiescer.unavailable
-    report(not (missing and runner.cfg.host in ("libvirt", "xl")),
-           f"host: {kind}" + (" (detected)" if runner.cfg.host == "auto" else " (configured)")
-           + (f"; {missing}" if missing else ""))
+    if runner.proxmox:
+        report(bool(guests), f"{len(guests)} guest(s): Proxmox VE VMs (vm-<vmid>-disk-<n>"
+                             + (", base-<vmid>-disk-<n>)" if cfg.pve_templates else ")"))
+    else:
+        report(bool(guests), f"{len(guests)} guest(s) with prefix {cfg.prefix!r}")
     for guest in guests:
-        level = quiesce.requested_level(runner.cfg, guest.name, guest.domain, *[d.lv for d in guest.disks])
-        owner = f"{kind} domain {guest.domain}" if guest.domain else "no domain"
-        report(True, f"guest {guest.name}: {owner}, disks {', '.join(d.key for d in guest.disks)}, quiesce {level}")
+        plan = runner.quiesce_plan(guest)
+        disks = ", ".join(d.key for d in guest.disks)
+        report("; fails" not in plan, f"guest {guest.name} ({disks}): quiesce {plan}")
     for name, error in runner.check_space(guests, concurrent=True).items():
         report(False, f"space for {name}: {error.message}")
     try:

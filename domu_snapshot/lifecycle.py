@@ -12,7 +12,7 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, filesystems, guestlvm, hooks, loop, lvm, mount, partitions, quiesce, xfs, xl
+from . import commands, filesystems, guestlvm, hooks, loop, lvm, mount, partitions, proxmox, quiesce, xfs, xl
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -28,6 +28,7 @@ class Disk:
     lv: str
     mount_path: str
     origin: Optional[lvm.LogicalVolume] = None  # None when rebuilt from leftovers
+    naming: str = "suffix"  # lvm.NAMINGS: "prefix" on Proxmox VE hosts (teardown finds either by origin)
 
     @property
     def key(self):
@@ -39,7 +40,7 @@ class Disk:
 
     @property
     def snapshot_name(self):
-        return lvm.snapshot_name(self.lv)
+        return lvm.snapshot_name(self.lv, self.naming)
 
     @property
     def snapshot_path(self):
@@ -54,6 +55,7 @@ class Guest:
     disks: List[Disk]
     domain: Optional[str] = None
     error: Optional[GuestError] = None  # found at discovery (libvirt failed on its domain): prepare fails it
+    vmid: Optional[str] = None  # Proxmox VE: the VM's id (its disks are vm-<vmid>-disk-<n>)
 
     @property
     def active(self):
@@ -137,6 +139,10 @@ class SystemState:
                 found[device.name] = snapshot
         return found
 
+    def snapshots_of(self, vg, lv):
+        """Our snapshots of the LV vg/lv (by origin, whichever naming made them)."""
+        return [s for s in self.snapshots.values() if s.vg == vg and lvm.origin_name(s) == lv]
+
     def split_mounts(self):
         """(ours, foreign): mounts under the mount root whose source is a loop device over one of
         our snapshots, and every other one (never unmounted: not ours, whatever its path)."""
@@ -190,6 +196,7 @@ class Runner:
         self._quiescer = None
         self._domains = {}
         self._spare_probe = None  # a partitions.ProbeChild started ahead (warm_up_probe)
+        self._proxmox = None
 
     def log(self, level, message):
         self._log(level, message)
@@ -202,18 +209,35 @@ class Runner:
     def mount_path(self, vg, lv):
         return os.path.join(self.cfg.mount_root, vg, lv)
 
+    @property
+    def proxmox(self):
+        """Whether this is a Proxmox VE host (config `host`, or auto: pve_config_dir exists)."""
+        if self._proxmox is None:
+            self._proxmox = proxmox.is_proxmox(self.cfg)
+        return self._proxmox
+
+    @property
+    def naming(self):
+        return "prefix" if self.proxmox else "suffix"
+
     def _is_candidate(self, lv):
         if lv.is_hidden or lv.is_pool or lv.is_snapshot or lv.ours or lv.name.endswith(lvm.SUFFIX):
             return False
         if guestlvm.is_inner_vg(lv.vg):
             return False  # a guest's own VG on one of our snapshots (LVM inside the guest)
+        if self.proxmox and lv.name.startswith(lvm.PREFIX):
+            return False
         return self.selects(lv.vg, lv.name)
 
     def selects(self, vg, lv):
-        """Whether the run's selection (vg, prefix, include, exclude) covers the LV vg/lv."""
+        """Whether the run's selection (vg, prefix, include, exclude) covers the LV vg/lv. On a
+        Proxmox VE host the VM disk names (vm-<vmid>-disk-<n>) take the place of the prefix."""
         if self.cfg.vgs and vg not in self.cfg.vgs:
             return False
-        if self.cfg.prefix and not lv.startswith(self.cfg.prefix):
+        if self.proxmox:
+            if proxmox.disk_vmid(lv, self.cfg.pve_templates) is None:
+                return False
+        elif self.cfg.prefix and not lv.startswith(self.cfg.prefix):
             return False
         names = (lv, f"{vg}/{lv}")
         if self.cfg.include and not any(fnmatch.fnmatchcase(n, g) for g in self.cfg.include for n in names):
@@ -224,21 +248,23 @@ class Runner:
         """Guests from one `lvs` report; `names` (LV names or vg/lv) selects some."""
         self._volumes = lvm.report(self.cfg.vgs)
         candidates = [lv for lv in self._volumes if self._is_candidate(lv)]
+        look_alike = lvm.PREFIX if self.proxmox else lvm.SUFFIX
         for lv in self._volumes:
-            if lv.name.endswith(lvm.SUFFIX) and not lv.ours and not lv.is_hidden \
-                    and self.selects(lv.vg, lv.name[: -len(lvm.SUFFIX)]):
+            origin = lvm.named_origin(lv.name)
+            named = lv.name.startswith(look_alike) if self.proxmox else lv.name.endswith(look_alike)
+            if named and origin and not lv.ours and not lv.is_hidden and self.selects(lv.vg, origin):
                 self.log("warning", f"{lv.key} is named like a snapshot of this tool but does not carry its tag "
                                     f"{lvm.TAG}: not a guest, never touched (rename it if it is a guest's disk; "
-                                    f"a snapshot of {lv.name[: -len(lvm.SUFFIX)]} cannot be made while it exists)")
+                                    f"a snapshot of {origin} cannot be made while it exists)")
         counts = {}
         for lv in candidates:
             counts[lv.name] = counts.get(lv.name, 0) + 1
         guests = [
             Guest(lv.name if counts[lv.name] == 1 else lv.key,
-                  [Disk(lv.vg, lv.name, self.mount_path(lv.vg, lv.name), lv)])
+                  [Disk(lv.vg, lv.name, self.mount_path(lv.vg, lv.name), lv, self.naming)])
             for lv in candidates
         ]
-        guests = self.group_guests(guests)
+        guests = self.group_vms(guests) if self.proxmox else self.group_guests(guests)
         if names:
             guests = self._select(guests, names)
         return guests
@@ -258,9 +284,12 @@ class Runner:
         return self._quiescer
 
     def host_kind(self):
-        """"libvirt", "xl" or "plain": the configured host, or for auto what this host shows. A
-        libvirt daemon (or a libvirt_uri) wins, as before xl support: a Xen host with libvirt's
-        libxl driver is driven through libvirt."""
+        """"proxmox", "libvirt", "xl" or "plain": the configured host, or for auto what this host
+        shows: Proxmox VE by its VM config directory; then a libvirt daemon (or a libvirt_uri) wins
+        over xl, as before xl support (a Xen host with libvirt's libxl driver is driven through
+        libvirt)."""
+        if self.proxmox:
+            return "proxmox"
         if self.cfg.host != "auto":
             return self.cfg.host
         if self.cfg.libvirt_uri or os.environ.get("LIBVIRT_DEFAULT_URI") or quiesce.daemon_sockets():
@@ -276,6 +305,9 @@ class Runner:
         LVs no domain uses stay guests of their own.
         """
         position = {g.disks[0].key: i for i, g in enumerate(guests)}  # discover() makes one-disk guests
+        if self.cfg.host == "plain":
+            self._domains = {}
+            return guests
         self._domains = self.quiescer.domains([g.disks[0].origin for g in guests])
         grouped = list(guests)
         for name, domain in self._domains.items():
@@ -291,10 +323,50 @@ class Runner:
             grouped[min(members)] = Guest(title, [guests[i].disks[0] for i in members], name, error)
         return [g for g in grouped if g is not None]
 
+    def group_vms(self, guests):
+        """Proxmox VE: all disks of one VMID (in any VG) are one guest `vm-<vmid>` (templates
+        `base-<vmid>`), in disk order; the VM's EFI vars and TPM state volumes are left out (no
+        guest filesystem). discover() made one-disk guests of VM disk names only."""
+        by_vm, order = {}, []
+        for guest in guests:
+            disk = guest.disks[0]
+            kind, vmid, number = proxmox.disk_vmid(disk.lv, self.cfg.pve_templates)
+            key = (kind, vmid)
+            if key not in by_vm:
+                by_vm[key] = []
+                order.append(key)
+            by_vm[key].append((number, disk.vg, disk))
+        grouped = []
+        for kind, vmid in order:
+            config = proxmox.read_config(proxmox.config_path(self.cfg, vmid))
+            firmware = proxmox.state_volumes(config)
+            disks = [d for _n, _vg, d in sorted(by_vm[(kind, vmid)], key=lambda item: item[:2])
+                     if d.lv not in firmware]
+            if disks:
+                grouped.append(Guest(proxmox.guest_name(kind, vmid), disks, vmid=vmid))
+        return grouped
+
+    def quiesce_plan(self, guest):
+        """What quiesce the guest will get, as `check` says it (no guest is touched)."""
+        level = quiesce.requested_level(self.cfg, guest.name, guest.domain, *[d.lv for d in guest.disks])
+        if guest.vmid is not None:
+            return proxmox.plan_text(self.cfg, guest.vmid, level)
+        if level == "none":
+            return "none (configured)"
+        kind = self.host_kind()
+        if kind == "plain":
+            return f"{level}: host = plain" + ("; none" if level == "auto" else "; fails")
+        if guest.domain is None:
+            return f"{level}: no {kind} domain uses its LVs" + ("; none" if level == "auto" else "; fails")
+        if kind == "xl" and level in ("auto", "agent"):
+            return f"{level}: xl has no guest-agent freeze" + ("; none" if level == "auto" else "; fails")
+        return f"{level} through {kind} domain {guest.domain}"
+
     def _select(self, guests, names):
         chosen = []
         for name in names:
-            matches = [g for g in guests if name == g.name or any(name in (d.lv, d.key) for d in g.disks)]
+            matches = [g for g in guests if name == g.name or (g.vmid is not None and name == g.vmid)
+                       or any(name in (d.lv, d.key) for d in g.disks)]
             if not matches:
                 known = ", ".join(g.name for g in guests) or "none"
                 raise DomuError(f"unknown guest {name!r} (guests found: {known})")
@@ -462,7 +534,7 @@ class Runner:
 
     def _check_names(self, guest):
         for disk in guest.disks:
-            problem = lvm.check_snapshot_name(disk.vg, disk.lv)
+            problem = lvm.check_snapshot_name(disk.vg, disk.lv, disk.naming)
             if problem:
                 raise GuestError(guest.name, "snapshot name", problem,
                                  "rename the LV (lvrename) to a shorter name; nothing was created")
@@ -472,16 +544,16 @@ class Runner:
         discover(): under the run lock, no `domu-snapshot mount` or `unmount` can change it since."""
         if not self.leave_alone:
             return None
-        names = {f"{d.vg}/{d.snapshot_name}" for d in guest.disks}
+        disks = {(d.vg, d.lv) for d in guest.disks}
         for lv in self._volumes or []:
-            if lv.ours and lv.key in names and lv.owner in self.leave_alone:
+            if lv.ours and (lv.vg, lvm.origin_name(lv)) in disks and lv.owner in self.leave_alone:
                 return lv
         return None
 
     def _remove_leftovers(self, guest, result):
         """A snapshot left by a crashed run would make lvcreate fail on the name."""
-        existing = {lv.key for lv in self._volumes or [] if lv.ours}
-        if any(f"{d.vg}/{d.snapshot_name}" in existing for d in guest.disks):
+        existing = {(lv.vg, lvm.origin_name(lv)) for lv in self._volumes or [] if lv.ours}
+        if any((d.vg, d.lv) in existing for d in guest.disks):
             result.notes.append("removed a leftover snapshot of an earlier run first")
             for report in self.teardown([guest], stale=True):
                 result.notes.extend(report.notes)
@@ -495,7 +567,7 @@ class Runner:
                 spec = self.cfg.for_disk(guest, disk, "snapshot_size")
                 chunk = self.cfg.for_disk(guest, disk, "chunk_size")
                 try:
-                    lvm.create_snapshot(disk.origin, spec, chunk, self.owner)
+                    lvm.create_snapshot(disk.origin, spec, chunk, self.owner, disk.naming)
                 except CommandError as exc:
                     raise GuestError(guest.name, "snapshot", exc.summary(),
                                      f"check free space (vgs {disk.vg}) and leftovers (domu-snapshot status)") from None
@@ -546,9 +618,16 @@ class Runner:
         if commands.is_dry_run():
             if guest.domain and level != "none":
                 commands._dry_run["printer"](f"would quiesce domain {guest.domain} ({level}) around its snapshots")
+            elif guest.vmid is not None and level != "none":
+                commands._dry_run["printer"](f"would quiesce VM {guest.vmid} ({level}) around its snapshots")
             create_snapshots()
             return
-        hold = self.quiescer.hold(guest.name, guest.domain, level)
+        if guest.vmid is not None:
+            hold = proxmox.Hold(self.cfg, guest.name, guest.vmid, level, self.log)
+        elif self.cfg.host == "plain":
+            hold = self.quiescer.hold(guest.name, None, "none" if level == "auto" else level)
+        else:
+            hold = self.quiescer.hold(guest.name, guest.domain, level)
         try:
             with hold:
                 create_snapshots()
@@ -754,7 +833,8 @@ class Runner:
         for disk in guest.disks:
             disk_result = DiskResult(disk)
             result.disks.append(disk_result)
-            snapshot = state.snapshots.get(f"{disk.vg}/{disk.snapshot_name}")
+            # by tag and origin, whichever naming made them (a host switched to Proxmox naming)
+            snapshots = state.snapshots_of(disk.vg, disk.lv)
             step = "unmount"
             try:
                 for target, source in foreign:
@@ -764,15 +844,15 @@ class Runner:
                 for target, _source in ours:
                     if target == disk.mount_path or target.startswith(disk.mount_path + os.sep):
                         mount.unmount(target, self.cfg.busy_retries)
-                if snapshot is not None and snapshot.major is not None:
-                    mine = [d.name for d in state.loops if d.backing_rdev() == (snapshot.major, snapshot.minor)]
-                    step = "guest VG deactivation"
-                    for name in mine:
-                        guestlvm.deactivate(name, self.cfg.busy_retries)  # LVM inside the guest, if active
-                    step = "loop detach"
-                    for name in mine:
-                        loop.detach(name, self.cfg.busy_retries)
-                if snapshot is not None:
+                for snapshot in snapshots:
+                    if snapshot.major is not None:
+                        mine = [d.name for d in state.loops if d.backing_rdev() == (snapshot.major, snapshot.minor)]
+                        step = "guest VG deactivation"
+                        for name in mine:
+                            guestlvm.deactivate(name, self.cfg.busy_retries)  # LVM inside the guest, if active
+                        step = "loop detach"
+                        for name in mine:
+                            loop.detach(name, self.cfg.busy_retries)
                     disk_result.peak_percent = snapshot.snap_percent
                     if snapshot.is_classic_snapshot and snapshot.invalid and stale:
                         result.notes.append(

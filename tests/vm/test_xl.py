@@ -40,8 +40,8 @@ def test_an_xl_domain_with_two_disks_is_paused_for_its_snapshots_and_saved_with_
                       "[guest mail]\nquiesce = suspend\n")
     try:
         check = cli(config, "check")
-        assert "ok      host: xl (configured)" in check.stdout, check.stdout + check.stderr
-        assert f"guest mail: xl domain mail, disks {VG}/domu-mail-root, {VG}/domu-mail-data, quiesce suspend" \
+        assert "ok      host kind xl (host = xl)" in check.stdout, check.stdout + check.stderr
+        assert f"guest mail ({VG}/domu-mail-root, {VG}/domu-mail-data): quiesce suspend through xl domain mail" \
             in check.stdout
         proc = cli(config, "mount", "mail")
         assert proc.returncode == 0, proc.stdout + proc.stderr
