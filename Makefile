@@ -1,6 +1,7 @@
 # domu-snapshot: set-up and test entry points. Run as root on Debian 12.
 #   make test      everything CI runs: deps, host suite, vm suite (one VM boot)
 #   make demo      the demo in a throwaway VM
+#   make demo-proxmox  the same on a Proxmox-VE-shaped host (LVM-thin, qemu-ga, QMP)
 #   make deb       the Debian package, in dist/ (apt install ./dist/domu-snapshot_*.deb)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -39,7 +40,7 @@ VM_RUN_DIR ?= .vmrun/test-$(RUN_ID)
 VMBED_ARGS ?=
 HOST_JUNIT := .vmrun/host-$(RUN_ID).xml
 
-.PHONY: deps apt-deps deb-deps venv test test-host test-vm demo bench deb
+.PHONY: deps apt-deps deb-deps venv test test-host test-vm demo demo-proxmox bench deb
 
 deps: apt-deps venv
 
@@ -103,6 +104,9 @@ test: deps
 
 demo: deps
 	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m tests.demo
+
+demo-proxmox: deps
+	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m tests.demo_proxmox
 
 # The Debian package (debian/), built offline from a copy of the working tree's files (tracked
 # and not ignored) in .vmrun/deb-build/ (dpkg-buildpackage writes next to the source tree), checked

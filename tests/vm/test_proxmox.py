@@ -17,17 +17,14 @@ by auto-detection (pve_config_dir exists).
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 
 import pytest
 
 from domu_snapshot import qga
-from tests import guestdisks
+from tests import guestdisks, pvehost
+from tests.pvehost import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -58,13 +55,6 @@ if any(a.endswith("/vm-101-disk-0") for a in sys.argv):
 os.execv("/usr/sbin/lvcreate", ["lvcreate"] + sys.argv[1:])
 '''
 
-HOOK = """#!/bin/sh
-# qemu-ga's fsfreeze hook: which of our snapshots exist at the freeze and at the thaw
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-{ echo "$1"; lvs --noheadings -o lv_name %s | tr -d ' ' | grep '^dsnap-' ; } >> %s 2>/dev/null
-exit 0
-"""
-
 
 def qmp_status(path):
     """QEMU's run state, by a QMP client of the test's own."""
@@ -84,102 +74,15 @@ def qmp_status(path):
         return reply["return"]["status"]
 
 
-def block_mounts(mountinfo):
-    """Mount points whose device is a block device (major != 0: what qemu-ga freezes)."""
-    found = []
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        major = int(fields[2].split(":")[0])
-        if major != 0:
-            found.append(fields[4].replace("\\040", " "))
-    return found
-
-
-def wait_for(predicate, what, seconds=120):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def pve():
-    work = tempfile.mkdtemp(prefix="pve", dir="/tmp")   # short: unix socket paths
-    confdir, rundir, fsdir = (os.path.join(work, d) for d in ("qemu-server", "run", "fs"))
-    for d in (confdir, rundir, fsdir):
-        os.mkdir(d)
-    gvg = guestdisks.GuestVG(VG, size_mib=384).create()
-    procs = []
-    try:
-        gvg.add_thin_pool("data", 192)
-        gvg.add_guests([dict(lv="vm-100-disk-0", layout="msdos-ext4-1m", pool="data", seed="pve"),
-                        dict(lv="vm-100-disk-1", layout="msdos-ext4-1m", pool="data", seed="pve"),
-                        dict(lv="vm-101-disk-0", layout="msdos-ext4-1m", pool="data", seed="pve")])
-        guestdisks.run(["lvcreate", "-q", "-y", "-n", "vm-100-state-suspend-2026-12-03", "-V", "8M",
-                        "--thinpool", "data", VG])
-        guestdisks.run(["lvcreate", "-q", "-y", "-n", "vm-100-cloudinit", "-L", "4M", VG])
-        # the filesystem qemu-ga may freeze: the only block-device mount in its namespace
-        guestdisks.run(["lvcreate", "-q", "-y", "-n", "qgafs", "-L", "8M", VG])
-        guestdisks.run(["mkfs.ext4", "-q", f"/dev/{VG}/qgafs"])
-        guestdisks.run(["mount", f"/dev/{VG}/qgafs", fsdir])
-        with open(os.path.join(confdir, "100.conf"), "w") as f:
-            f.write("agent: 1\nscsi0: local-lvm:vm-100-disk-0,size=48M\nscsi1: local-lvm:vm-100-disk-1\n"
-                    "vmstate: local-lvm:vm-100-state-suspend-2026-12-03\nide2: local-lvm:vm-100-cloudinit\n")
-        with open(os.path.join(confdir, "101.conf"), "w") as f:
-            f.write("memory: 64\nscsi0: local-lvm:vm-101-disk-0\n")
-        config = os.path.join(work, "domu-snapshot.conf")
-        with open(config, "w") as f:
-            f.write(f"[domu-snapshot]\nvg = {VG}\nmount_root = {work}/mnt\npve_config_dir = {confdir}\n"
-                    f"pve_run_dir = {rundir}\nquiesce_timeout = 60\nsyslog = no\n"
-                    f"[guest vm-101]\nquiesce = suspend\n")
-        hooklog = os.path.join(work, "hook.log")
-        hook = os.path.join(work, "hook.sh")
-        with open(hook, "w") as f:
-            f.write(HOOK % (VG, hooklog))
-        os.chmod(hook, 0o755)
-        with open("/proc/self/mountinfo") as f:
-            hide = [m for m in block_mounts(f.read()) if m != fsdir]
-        hide.sort(key=len, reverse=True)
-        qga_sock = os.path.join(rundir, "100.qga")
-        agent = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
-             'for m in "$@"; do case "$m" in --) break;; esac; umount -l "$m" 2>/dev/null; shift; done; shift; '
-             'exec "$@"', "sh", *hide, "--",
-             "qemu-ga", "--method=unix-listen", f"--path={qga_sock}", f"--pidfile={rundir}/qga.pid",
-             f"--statedir={rundir}", f"--fsfreeze-hook={hook}", f"--logfile={work}/qga.log"],
-            stdin=subprocess.DEVNULL)
-        procs.append(agent)
-        wait_for(lambda: os.path.exists(qga_sock), "qemu-ga's socket")
-        # qemu-ga exec'd in the namespace: the only block-device filesystem it sees is ours
-        with open(f"/proc/{agent.pid}/mountinfo") as f:
-            seen = block_mounts(f.read())
-        assert seen == [fsdir], f"qemu-ga would freeze {seen}: refusing"
-        qemu = subprocess.Popen(["qemu-system-x86_64", "-machine", "none", "-nodefaults", "-display", "none",
-                                 "-qmp", f"unix:{rundir}/101.qmp,server=on,wait=off"], stdin=subprocess.DEVNULL)
-        procs.append(qemu)
-        wait_for(lambda: os.path.exists(f"{rundir}/101.qmp"), "QEMU's QMP socket")
-        wrappers = os.path.join(work, "bin")
+    with pvehost.proxmox_host(VG) as host:
+        wrappers = os.path.join(host["work"], "bin")
         os.mkdir(wrappers)
         with open(os.path.join(wrappers, "lvcreate"), "w") as f:
             f.write(WRAPPER)
         os.chmod(os.path.join(wrappers, "lvcreate"), 0o755)
-        yield dict(work=work, config=config, rundir=rundir, fsdir=fsdir, gvg=gvg, hooklog=hooklog,
-                   qga=qga_sock, qmp=f"{rundir}/101.qmp", wrappers=wrappers, mount_root=f"{work}/mnt")
-    finally:
-        subprocess.run([sys.executable, "-m", "domu_snapshot.cli", "--config", os.path.join(work, "domu-snapshot.conf"),
-                        "cleanup"], capture_output=True, timeout=600, cwd=REPO)
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        subprocess.run(["umount", fsdir], capture_output=True)
-        gvg.destroy()
-        shutil.rmtree(work, ignore_errors=True)   # /tmp: our own files only (nothing mounted there now)
+        yield dict(host, wrappers=wrappers)
 
 
 def cli(pve, *args, env=None, timeout=600):
