@@ -484,11 +484,15 @@ def cmd_list(runner, args, out):
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    # Proxmox VE: one row per disk of a VM, under its VMID
-    first = (lambda row: f"{row['vmid'] or '-':>6} {row['lv']:24}") if runner.proxmox else \
-        (lambda row: f"{row['guest']:24}")
-    print((f"{'VMID':>6} {'DISK':24}" if runner.proxmox else f"{'GUEST':24}")
-          + f" {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
+    # Proxmox VE: one row per disk of a VM, under its VMID; a libvirt or xl domain's disks under
+    # the guest's (the domain's) name
+    if runner.proxmox:
+        first, header = (lambda row: f"{row['vmid'] or '-':>6} {row['lv']:24}"), f"{'VMID':>6} {'DISK':24}"
+    elif any(row["domain"] for row in rows):
+        first, header = (lambda row: f"{row['guest']:24} {row['lv']:24}"), f"{'GUEST':24} {'DISK':24}"
+    else:
+        first, header = (lambda row: f"{row['guest']:24}"), f"{'GUEST':24}"
+    print(header + f" {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
     for row in rows:
         part = "whole" if row["partition"] == 0 else ("-" if row["partition"] is None else str(row["partition"]))
         print(f"{first(row)} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "

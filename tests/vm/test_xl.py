@@ -43,6 +43,10 @@ def test_an_xl_domain_with_two_disks_is_paused_for_its_snapshots_and_saved_with_
         assert "ok      host kind xl (host = xl)" in check.stdout, check.stdout + check.stderr
         assert f"guest mail ({VG}/domu-mail-root, {VG}/domu-mail-data): quiesce suspend through xl domain mail" \
             in check.stdout
+        listed = cli(config, "list").stdout.splitlines()
+        assert listed[0].split()[:3] == ["GUEST", "DISK", "VG"], listed
+        assert sorted(line.split()[:3] for line in listed[1:]) == [
+            ["mail", "domu-mail-data", VG], ["mail", "domu-mail-root", VG]]
         proc = cli(config, "mount", "mail")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "longer than" not in proc.stdout + proc.stderr
