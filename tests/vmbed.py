@@ -264,7 +264,7 @@ def new_run_dir(name: str | None = None) -> Path:
 
 def default_command(run_dir: Path) -> list[str]:
     # vm_inside.sh adds `-p no:cacheprovider` (read-only repository) through PYTEST_ADDOPTS
-    return [str(VENV_BIN / "python"), "-m", "pytest", "-m", "vm", "--durations=15",
+    return [str(VENV_BIN / "python"), "-m", "pytest", "-m", "vm", "--durations=40",
             f"--junitxml={run_dir}/junit.xml", "tests"]
 
 
