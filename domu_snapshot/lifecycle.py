@@ -98,7 +98,7 @@ class GuestResult:
     quiesce: str = "none"
     freeze_ms: Optional[float] = None
     notes: List[str] = dataclasses.field(default_factory=list)
-    domain_xml: str = ""  # the libvirt definition (virsh define accepts it); "" for a plain LV
+    domain_xml: str = ""  # the libvirt definition (virsh define accepts it), xl's or Proxmox's config; "" for a plain LV
     domain_xml_path: str = ""  # where prepare wrote it: <mount_root>/<vg>/<first lv>.domain.xml
     held_by: str = ""  # owner ("cli") of a snapshot this runner left alone; see Runner.leave_alone
 
@@ -644,17 +644,29 @@ class Runner:
 
     def _save_domain_xml(self, guest, result):
         """The domain's definition goes into the backup: a file next to the first disk's mount
-        (helpers mode) and result.domain_xml (the plugin emits it as an entry of its own)."""
-        if not guest.domain:
+        (helpers mode) and result.domain_xml (the plugin emits it as an entry of its own).
+        A Proxmox VM's is its qemu-server config file."""
+        if guest.vmid:
+            source = proxmox.config_path(self.cfg, guest.vmid)
+            what = f"the config of VM {guest.vmid} ({source})"
+            result.domain_xml, reason = proxmox.config_text(source)
+            suffix = quiesce.PVE_CONFIG_SUFFIX
+            if not result.domain_xml:
+                result.notes.append(f"{what} could not be read ({reason}): not in this backup")
+                return
+        elif guest.domain:
+            what = f"the definition of domain {guest.domain}"
+            known = self._domains.get(guest.domain)
+            result.domain_xml = self.quiescer.definition(guest.domain, known.xml if known else "")
+            suffix = self.quiescer.definition_suffix
+            if not result.domain_xml:
+                result.notes.append(f"{what} could not be read: not in this backup")
+                return
+        else:
             return
-        known = self._domains.get(guest.domain)
-        result.domain_xml = self.quiescer.definition(guest.domain, known.xml if known else "")
-        if not result.domain_xml:
-            result.notes.append(f"the definition of domain {guest.domain} could not be read: not in this backup")
-            return
-        path = quiesce.domain_xml_path(guest.disks[0].mount_path, self.quiescer.definition_suffix)
+        path = quiesce.domain_xml_path(guest.disks[0].mount_path, suffix)
         if commands.is_dry_run():
-            commands._dry_run["printer"](f"would write the definition of domain {guest.domain} to {path}")
+            commands._dry_run["printer"](f"would write {what} to {path}")
             return
         try:
             mount.make_dirs(os.path.dirname(path), self.cfg.mount_root)

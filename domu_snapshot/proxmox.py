@@ -48,6 +48,19 @@ def guest_name(kind, vmid):
     return f"{kind}-{vmid}"
 
 
+def config_text(path):
+    """The VM config file as it is (snapshot sections included): what goes into the backup next to
+    the VM's files, so `qm`'s own file can be put back. "" and the reason when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG + 1)
+    except OSError as exc:
+        return "", exc.strerror or str(exc)
+    if len(raw) > MAX_CONFIG:
+        return "", f"larger than {MAX_CONFIG} bytes"
+    return raw.decode("utf-8", "replace"), ""
+
+
 def read_config(path):
     """The main section of a VM config as {key: value} ({} when there is none)."""
     try:

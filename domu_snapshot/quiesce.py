@@ -278,7 +278,8 @@ def map_domains(conn, lvs, log=None):
 # and a restore of the guest's files brings its definition along.
 DOMAIN_XML_SUFFIX = ".domain.xml"
 XL_CONFIG_SUFFIX = ".xl.json"  # an xl domain's `xl list -l` entry (xl.py)
-DEFINITION_SUFFIXES = (DOMAIN_XML_SUFFIX, XL_CONFIG_SUFFIX)
+PVE_CONFIG_SUFFIX = ".qemu-server.conf"  # a Proxmox VM's /etc/pve/qemu-server/<vmid>.conf (proxmox.py)
+DEFINITION_SUFFIXES = (DOMAIN_XML_SUFFIX, XL_CONFIG_SUFFIX, PVE_CONFIG_SUFFIX)
 
 
 def domain_xml_path(mount_path, suffix=DOMAIN_XML_SUFFIX):

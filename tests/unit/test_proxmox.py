@@ -150,6 +150,26 @@ def test_all_disks_of_one_vmid_are_one_guest_and_other_volumes_are_excluded(tmp_
     assert [g.name for g in runner._select(guests, ["vm-100-disk-1"])] == ["vm-100"]
 
 
+def test_the_vm_config_is_saved_with_the_backup_as_it_is_and_only_readable_by_root(tmp_path):
+    from domu_snapshot.lifecycle import GuestResult
+    runner, confdir = pve_runner(tmp_path)
+    text = "agent: 1\nscsi0: local-lvm:vm-100-disk-0,size=8G\n\n[before-upgrade]\nagent: 0\n"
+    (confdir / "100.conf").write_text(text)
+    guest = runner.group_vms(candidates(runner, ["pvetest/vm-100-disk-0"]))[0]
+    result = GuestResult(guest, "mount")
+    runner._save_domain_xml(guest, result)
+    saved = guest.disks[0].mount_path + ".qemu-server.conf"
+    assert result.domain_xml_path == saved and result.domain_xml == text and result.notes == []
+    assert open(saved).read() == text  # snapshot sections too: the file qm itself reads back
+    assert os.stat(saved).st_mode & 0o777 == 0o600
+
+    (confdir / "100.conf").unlink()  # a VM whose config went away: a note, the backup goes on
+    result = GuestResult(guest, "mount")
+    runner._save_domain_xml(guest, result)
+    assert result.domain_xml == "" and result.domain_xml_path == ""
+    assert len(result.notes) == 1 and "config of VM 100" in result.notes[0] and "not in this backup" in result.notes[0]
+
+
 def test_templates_only_when_configured(tmp_path):
     runner, _ = pve_runner(tmp_path, pve_templates=True)
     guests = runner.group_vms(candidates(runner, ["pvetest/base-102-disk-0", "pvetest/base-102-disk-1"]))

@@ -145,6 +145,11 @@ def test_list_check_and_mount_of_a_vm_through_its_guest_agent(pve):
         path = os.path.join(pve["mount_root"], VG, lv)
         assert os.path.ismount(path)
         assert guestdisks.compare_tree(path, pve["gvg"].guests[lv].tree) == []
+    # the VM's config goes into the backup next to its first disk's mount, as qm has it
+    saved = os.path.join(pve["mount_root"], VG, "vm-100-disk-0.qemu-server.conf")
+    with open(os.path.join(pve["work"], "qemu-server", "100.conf")) as f, open(saved) as g:
+        assert g.read() == f.read()
+    assert os.stat(saved).st_mode & 0o777 == 0o600
     proc = cli(pve, "unmount", "vm-100")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert our_lvs(pve) == [] and not os.path.exists(os.path.join(pve["mount_root"], VG))
