@@ -24,7 +24,7 @@ import time
 
 from . import qga, qmp
 from .errors import GuestError
-from .quiesce import RELEASE_ATTEMPTS, RELEASE_DELAY, SYNC_SETTLE_SECONDS, QuiesceResult
+from .quiesce import RELEASE_ATTEMPTS, SYNC_SETTLE_SECONDS, HoldBase, QuiesceResult, not_possible
 
 DISK = re.compile(r"^(?P<kind>vm|base)-(?P<vmid>[1-9][0-9]{0,8})-disk-(?P<n>[0-9]{1,4})$")
 # What Proxmox's LVM and LVM-thin storages take for a volume of a VM (ours must never match).
@@ -160,27 +160,23 @@ def plan_text(cfg, vmid, level):
 
 # ------------------------------------------------------------------ holding a VM still
 
-class Hold:
+class Hold(HoldBase):
     """One VM held still around its snapshots (context manager yielding a QuiesceResult)."""
 
     def __init__(self, cfg, guest, vmid, level, log=None):
         self.cfg, self.guest, self.vmid = cfg, guest, vmid
         self.window = float(cfg.quiesce_timeout)
         self.log = log or (lambda level, message: None)
+        self.held = f"VM {vmid}"
         self.result = QuiesceResult(requested=level)
         self.agent = qga.Agent(socket_path(cfg, vmid, "qga"), self.window)
         self.monitor = qmp.Monitor(socket_path(cfg, vmid, "qmp"), self.window)
         self._release_fn = None
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._watchdog = None
-        self._started = None
-        self._release_error = None
 
     def _fail(self, reason, hint=""):
-        level = self.result.requested
-        hint = hint or f"fix that, or set quiesce = auto or none for this guest ([guest {self.guest}])"
-        return GuestError(self.guest, "quiesce", f"quiesce={level} not possible: {reason}", hint)
+        return not_possible(self.guest, self.result.requested, reason, hint)
 
     def _running(self):
         """"running", "paused" (or another QEMU run state), or "" when the VM does not run.
@@ -246,53 +242,14 @@ class Hold:
             return "agent"
         return requested  # suspend or sync
 
-    def __enter__(self):
-        level = self._plan()
-        res = self.result
-        if level in ("none", "suspend-kept"):
-            res.level = "suspend" if level == "suspend-kept" else "none"
-            return res
-        if level == "sync":
-            try:
-                self.monitor.sysrq_sync()
-            except qga.ProtocolError as exc:
-                raise self._fail(f"SysRq-S through QMP: {exc}") from None
-            res.level, res.note = "sync", "SysRq-S sent (needs kernel.sysrq with sync enabled in the guest)"
-            time.sleep(SYNC_SETTLE_SECONDS)
-            return res
+    def _sync(self):
         try:
-            self._engage(level)
-        except BaseException:
-            pending = self._finish()
-            if pending is not None:
-                raise pending
-            raise
-        return res
-
-    def __exit__(self, exc_type, exc, tb):
-        pending = self._finish()
-        if pending is not None:
-            raise pending
-        if self._release_error is not None:
-            if exc_type is not None and not issubclass(exc_type, Exception):
-                return False
-            if exc is not None:
-                self._release_error.message += f" (after the snapshot step failed: {exc})"
-            raise self._release_error from exc
-        return False
-
-    def _finish(self):
-        self._done.set()
-        pending = None
-        for _ in range(3):  # an interrupt during the release must not leave the VM held
-            try:
-                self._release("done")
-                break
-            except (KeyboardInterrupt, SystemExit) as interrupt:
-                pending = interrupt
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=60)
-        return pending
+            self.monitor.sysrq_sync()
+        except qga.ProtocolError as exc:
+            raise self._fail(f"SysRq-S through QMP: {exc}") from None
+        self.result.level = "sync"
+        self.result.note = "SysRq-S sent (needs kernel.sysrq with sync enabled in the guest)"
+        time.sleep(SYNC_SETTLE_SECONDS)
 
     def _engage(self, level):
         res = self.result
@@ -323,13 +280,6 @@ class Hold:
         if res.overrun:
             self._release("late freeze", force=True)
 
-    def _watch(self):
-        if not self._done.wait(self.window):
-            self.result.overrun = self.result.degraded = True
-            self.log("warning", f"{self.guest}: snapshots took longer than the {self.window:g} s quiesce window; "
-                                f"releasing VM {self.vmid} now (its snapshots are crash-consistent)")
-            self._release("watchdog")
-
     def _release(self, why, force=False):
         with self._lock:
             release = self._release_fn
@@ -337,18 +287,7 @@ class Hold:
                 return
             self._release_fn = None
             release = release or (self._thaw if self.result.level == "agent" else self._cont)
-            error = None
-            for attempt in range(RELEASE_ATTEMPTS):
-                try:
-                    release()
-                    error = None
-                    break
-                except qga.ProtocolError as exc:
-                    error = exc
-                    if attempt + 1 < RELEASE_ATTEMPTS:
-                        time.sleep(RELEASE_DELAY)
-            if self._started is not None:
-                self.result.freeze_ms = round((time.monotonic() - self._started) * 1000.0, 1)
+            error = self._retried(release, qga.ProtocolError)
             if error is not None:
                 agent = release == self._thaw
                 self._release_error = GuestError(
