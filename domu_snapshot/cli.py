@@ -11,9 +11,8 @@ import os
 import shutil
 import signal
 import sys
-import syslog
 
-from . import __version__, commands, filesystems, guestlvm, loop, mount, partitions, quiesce
+from . import __version__, commands, filesystems, guestlvm, logs, loop, mount, partitions, quiesce
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
@@ -121,35 +120,17 @@ _OVERRIDES = ("prefix", "vgs", "include", "exclude", "snapshot_size", "chunk_siz
 
 
 class Output:
-    """Prints for people and logs to syslog (`journalctl -t domu-snapshot` finds a run's lines).
-
-    quiet: info lines only to syslog; verbose: also "debug" lines (each command) on the console;
-    json: every line to stderr, so stdout holds only the JSON document."""
+    """The CLI's log (see logs.py): the console, and syslog unless --no-syslog; called as
+    out(level, message) like every log of the core."""
 
     def __init__(self, use_syslog, quiet=False, verbose=False, json_mode=False):
-        self.use_syslog = use_syslog
-        self.quiet, self.verbose, self.json_mode = quiet, verbose, json_mode
+        handlers = [logs.ConsoleHandler(quiet=quiet, verbose=verbose, json_mode=json_mode)]
         if use_syslog:
-            syslog.openlog("domu-snapshot", syslog.LOG_PID, syslog.LOG_DAEMON)
+            handlers.append(logs.SyslogHandler())
+        logs.use(*handlers)
 
     def __call__(self, level, message):
-        # One line per message: a tool's multi-line stderr (e2fsck, lvm) would otherwise break
-        # the one-line-per-guest output that job logs and syslog consumers rely on.
-        # Escaped too: guest-controlled text (names, agent replies) must not forge lines or
-        # send escape sequences to a terminal.
-        message = one_line(message)
-        loud = level in ("error", "warning")
-        if level == "debug":
-            if self.verbose:
-                print("debug: " + message, file=sys.stderr, flush=True)
-            return
-        if loud or not self.quiet:
-            stream = sys.stderr if loud or self.json_mode else sys.stdout
-            prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
-            print(prefix + message, file=stream, flush=True)
-        if self.use_syslog:
-            priority = {"error": syslog.LOG_ERR, "warning": syslog.LOG_WARNING}.get(level, syslog.LOG_INFO)
-            syslog.syslog(priority, message)
+        logs.emit(level, message)
 
 
 def _disk_record(disk_result):

@@ -1,6 +1,7 @@
 """The plugin's state and work for one job: backup (prepare each guest, walk it, tear it down),
 accurate checks, I/O for the file daemon, and restores. See the package docstring."""
 
+import logging
 import os
 import stat
 import threading
@@ -8,7 +9,7 @@ import time
 
 import bareosfd
 
-from .. import commands
+from .. import commands, logs
 from ..config import load_config
 from ..errors import DomuError, LockBusy, one_line
 from ..lock import describe_holder
@@ -30,6 +31,26 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC
+
+
+class JobLogHandler(logging.Handler):
+    """The core's log in a job: warnings and notes go to the job log (a note, e.g. "no libvirt on
+    this host", is M_INFO: an M_WARNING would make every such job end "OK -- with warnings",
+    and a job that lost a guest would look like any other night); the rest goes to the debug
+    log (the plugin reports each guest's result and failure itself)."""
+
+    def __init__(self, job):
+        super().__init__(logging.DEBUG)
+        self.owner = job
+
+    def emit(self, record):
+        message = record.getMessage()
+        if record.levelno == logging.WARNING:
+            self.owner.job(bareosfd.M_WARNING, message)
+        elif record.levelno == logging.INFO:
+            self.owner.job(bareosfd.M_INFO, message)
+        else:
+            self.owner.debug(f"[{record.levelname.lower()}] {message}", 50)
 
 
 class PluginJob:
@@ -71,19 +92,6 @@ class PluginJob:
     def debug(self, text, level=DEBUG_LEVEL):
         bareosfd.DebugMessage(level, f"{PLUGIN}: {one_line(text)}\n")
 
-    def runner_log(self, level, message):
-        """The Runner's log: warnings and notes go to the job log (a note, e.g. "no libvirt on
-        this host", is M_INFO: an M_WARNING would make every such job end "OK -- with
-        warnings", and a job that lost a guest would look like any other night); the rest goes
-        to the debug log (the plugin reports each guest's result and failure itself)."""
-        level = str(level).lower()
-        if level in ("warning", "warn"):
-            self.job(bareosfd.M_WARNING, str(message))
-        elif level == "info":
-            self.job(bareosfd.M_INFO, str(message))
-        else:
-            self.debug(f"[{level}] {message}", 50)
-
     def lose(self, guest_name):
         """Count a guest whose files this job did not save completely (see finish_job)."""
         if guest_name not in self.lost:
@@ -107,7 +115,8 @@ class PluginJob:
             return bareosfd.bRC_Error
         # owner "plugin": its snapshots carry the plugin's tag, and what `domu-snapshot mount`
         # holds (helpers mode, another job) is left alone
-        self.runner = Runner(self.cfg, log=self.runner_log, owner="plugin")
+        logs.use(JobLogHandler(self))  # this job's messages: one job per sub-interpreter
+        self.runner = Runner(self.cfg, log=logs.emit, owner="plugin")
         # a step still running after a few seconds says so in the job log (commands.PROGRESS_FIRST)
         commands.set_hooks(progress=lambda text: self.job(bareosfd.M_INFO, text))
         try:
