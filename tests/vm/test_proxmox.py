@@ -179,3 +179,33 @@ def test_qmp_pauses_the_vm_for_its_snapshot_and_always_resumes_it(pve, fail):
     proc = cli(pve, "unmount", "vm-101")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert our_lvs(pve) == []
+
+
+def test_plugin_job_saves_a_vm_with_its_config_frozen_through_its_agent(pve, tmp_path):
+    """Plugin mode on the Proxmox-shaped host (the stand-in file daemon, the shipped Plugin string):
+    one job saves both disks of VM 100 in one agent freeze and its qemu-server config, leaves no
+    snapshot behind, and a restore gives back the trees and the config as they were."""
+    from tests import fd_harness
+    definition = fd_harness.example_plugin_definition(
+        module_path=str(fd_harness.PLUGIN_DIR), config=pve["config"], mount_root=pve["mount_root"],
+        include="vm-100-disk-*")
+    fd = fd_harness.FileDaemon(definition, **fd_harness.example_fileset_options())
+    with open(pve["hooklog"], "w"):
+        pass
+    result = fd.backup()
+    assert result.status == "T", result.job.messages
+    with open(pve["hooklog"]) as f:   # qemu-ga's own hook: frozen before both snapshots, thawed after
+        assert f.read().split() == ["freeze", "thaw", "dsnap-vm-100-disk-0", "dsnap-vm-100-disk-1"]
+    assert our_lvs(pve) == [] and qga.Agent(pve["qga"], 60).status() == "thawed"
+    root = os.path.join(pve["mount_root"], VG)
+    names = {r.fname for r in result.records}
+    assert not [n for n in names if "vm-101" in n or "state" in n or "cloudinit" in n], sorted(names)
+
+    where = tmp_path / "restore"
+    job, _statuses = fd.restore(result.records, str(where))
+    assert job.errors == [], job.messages
+    for lv in ("vm-100-disk-0", "vm-100-disk-1"):
+        assert guestdisks.compare_tree(f"{where}{root}/{lv}", pve["gvg"].guests[lv].tree) == [], lv
+    with open(os.path.join(pve["work"], "qemu-server", "100.conf")) as f, \
+            open(f"{where}{root}/vm-100-disk-0.qemu-server.conf") as g:
+        assert g.read() == f.read()
