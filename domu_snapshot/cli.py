@@ -16,7 +16,7 @@ from . import __version__, commands, filesystems, guestlvm, logs, loop, mount, p
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
-from .lifecycle import Runner
+from .lifecycle import Runner, Status
 from .lock import RunLock
 
 EXIT_OK, EXIT_GUEST_FAILED, EXIT_USAGE = 0, 1, 2
@@ -244,12 +244,12 @@ def foreach_main(argv=None):
 def _line(out, result):
     """One line per guest: result, detail, time."""
     name = result.guest.name
-    if result.status == "failed":
+    if result.status == Status.FAILED:
         out("error", f"FAILED  {result.error}  ({result.seconds:.1f}s)")
-    elif result.status == "skipped":
+    elif result.status == Status.SKIPPED:
         out("warning", f"SKIPPED {name}: {'; '.join(result.notes)}")
         return
-    elif result.status == "held":
+    elif result.status == Status.HELD:
         out("warning", f"HELD    {name}: {'; '.join(result.notes)}")
         return
     else:

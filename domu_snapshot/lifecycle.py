@@ -16,6 +16,7 @@ from . import commands, filesystems, guestlvm, hooks, loop, lvm, mount, partitio
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
+from .status import Status
 
 
 # ------------------------------------------------------------------ records
@@ -91,7 +92,7 @@ class DiskResult:
 class GuestResult:
     guest: Guest
     action: str  # "mount", "unmount" or "plan"
-    status: str = "ok"  # "ok", "skipped" or "failed"
+    status: Status = Status.OK
     error: Optional[GuestError] = None
     disks: List[DiskResult] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
@@ -104,12 +105,12 @@ class GuestResult:
 
     @property
     def ok(self):
-        return self.status != "failed"
+        return self.status != Status.FAILED
 
     @classmethod
     def failure(cls, guest, action, step, message, hint=""):
         """The result of a guest whose `step` failed outside the Runner's own error handling."""
-        return cls(guest, action, status="failed", error=GuestError(guest.name, step, message, hint))
+        return cls(guest, action, status=Status.FAILED, error=GuestError(guest.name, step, message, hint))
 
     def fail(self, error):
         # The first failure is the cause; later ones (e.g. in cleanup) are notes.
@@ -117,7 +118,7 @@ class GuestResult:
             self.error = error
         else:
             self.notes.append(str(error))
-        self.status = "failed"
+        self.status = Status.FAILED
 
 
 @dataclasses.dataclass
@@ -458,7 +459,7 @@ class Runner:
         started = time.monotonic()
         result = GuestResult(guest, "mount")
         if not guest.active:
-            result.status = "skipped"
+            result.status = Status.SKIPPED
             result.notes.append("LV is not active: not touched (activate it with lvchange -ay to back it up)")
             return result
         if guest.error is not None:
@@ -497,7 +498,7 @@ class Runner:
                 if result.disks[-1].inner_note:
                     result.notes.append(result.disks[-1].inner_note)
             if not any(d.mounted for d in result.disks):
-                result.status = "skipped"
+                result.status = Status.SKIPPED
                 result.notes.append("nothing to back up: " + "; ".join(d.note for d in result.disks))
                 self._teardown_quietly(guest, result)
         except GuestError as error:
@@ -837,7 +838,7 @@ class Runner:
         owners = [held[(d.vg, d.lv)] for d in guest.disks if (d.vg, d.lv) in held]
         if owners:
             # Not ours to touch (see LEAVE_ALONE): nothing of this guest is torn down.
-            result.status = "held"
+            result.status = Status.HELD
             result.held_by = owners[0]
             result.notes.append(held_message(guest.name, owners[0]))
             return result
@@ -945,7 +946,7 @@ class Runner:
             self.log("warning", f"{target} is mounted under the mount root but is not ours (not a loop device "
                                 f"over one of our snapshots): not touched")
         results = self.teardown(guests, state)
-        keep = {os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == "held"}
+        keep = {os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == Status.HELD}
         if selected_only:
             # what the selection does not cover keeps its files (a mounted guest's domain definition)
             everything, _ = self.leftovers(state)

@@ -13,6 +13,7 @@ from .. import commands, logs
 from ..config import load_config
 from ..errors import DomuError, LockBusy, one_line
 from ..lock import describe_holder
+from ..status import Status
 from .options import Options, config_directory, config_overrides
 from .restore import Restore
 from .walk import Entry, GuestStats, disk_entries, stat_packet, _S_IFMT, _S_IFREG
@@ -161,7 +162,7 @@ class PluginJob:
                                   f"run lock, held by {who}: one domu-snapshot run at a time per host")
 
     def report_reaped(self, result):
-        if result.status == "held":
+        if result.status == Status.HELD:
             self.job(bareosfd.M_WARNING, "; ".join(result.notes))
         elif result.ok:
             self.job(bareosfd.M_INFO, f"removed what an earlier run left of guest {result.guest.name}")
@@ -202,7 +203,7 @@ class PluginJob:
         if not result.ok:
             self.lose(guest.name)
             self.job(bareosfd.M_ERROR, f"guest {guest.name}: NOT backed up: {result.error}")
-        elif result.status == "skipped":
+        elif result.status == Status.SKIPPED:
             # an inactive LV or a disk with swap only: nothing to save, by design
             self.job(bareosfd.M_INFO, f"guest {guest.name}: skipped: {'; '.join(result.notes)}")
         else:
@@ -214,7 +215,7 @@ class PluginJob:
         stats = self.stats = GuestStats()
         finished = False
         try:
-            if not result.ok or result.status == "skipped":
+            if not result.ok or result.status == Status.SKIPPED:
                 finished = True
                 return
             xml_path = result.domain_xml_path
@@ -264,7 +265,7 @@ class PluginJob:
 
     def finish_guest(self, guest, result, stats, finished):
         teardown = self.teardown(guest)
-        if not result.ok or result.status == "skipped":
+        if not result.ok or result.status == Status.SKIPPED:
             return
         if teardown is not None and not teardown.ok:
             self.lose(guest.name)

@@ -58,3 +58,10 @@ def test_one_logger_for_the_tool_whose_front_end_owns_its_handlers(capsys, monke
     assert captured.err == "debug: run: lvs\nerror: FAILED  domu-db01: fsck\n"
     assert logged == [(syslog.LOG_INFO, "OK      domu-web01: mounted"), (syslog.LOG_ERR, "FAILED  domu-db01: fsck")]
     assert root_records == []
+
+
+def test_a_guest_status_is_its_word_in_json_and_text():
+    import json
+    from domu_snapshot.status import Status
+    assert json.dumps({"status": Status.FAILED}) == '{"status": "failed"}'
+    assert f"{Status.HELD} {Status.SKIPPED!s}" == "held skipped" and Status.OK == "ok"
