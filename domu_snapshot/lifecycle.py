@@ -12,7 +12,7 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, filesystems, guestlvm, hooks, loop, lvm, mount, partitions, proxmox, quiesce, xfs, xl
+from . import commands, filesystems, guestlvm, hooks, loop, lvm, mount, ownership, partitions, proxmox, quiesce, xfs, xl
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -165,22 +165,6 @@ class SystemState:
         return found
 
 
-# Whose snapshots a runner leaves alone, by the runner's owner. The plugin must not tear down a
-# helpers-mode job's mounts between its `mount` and `unmount` (its FileSet may be being read);
-# the CLI handles everything that is ours (it is what helpers, cleanup and the boot service run).
-LEAVE_ALONE = {"plugin": frozenset({"cli"})}
-
-
-def _maker(owner):
-    return "`domu-snapshot mount` (helpers mode)" if owner == "cli" else f"a {owner} run"
-
-
-def held_message(name, owner):
-    """What a runner says about a guest it leaves alone (names the guest and what to do)."""
-    return (f"guest {name} is mounted by {_maker(owner)}: a backup job may be reading it, so it was "
-            f"left alone. If no job uses it, run `domu-snapshot unmount {name}`")
-
-
 # ------------------------------------------------------------------- runner
 
 class Runner:
@@ -191,7 +175,7 @@ class Runner:
             raise ValueError(f"unknown runner owner {owner!r}")
         self.cfg = config
         self.owner = owner
-        self.leave_alone = LEAVE_ALONE.get(owner, frozenset())
+        self.leave_alone = ownership.LEAVE_ALONE.get(owner, frozenset())
         self._log = log or (lambda level, message: None)
         self._volumes = None
         self._quiescer = None
@@ -472,7 +456,7 @@ class Runner:
             result.held_by = held.owner
             result.fail(GuestError(
                 guest.name, "snapshot",
-                f"{held.key} was made by {_maker(held.owner)} and is still held: a backup job may be "
+                f"{held.key} was made by {ownership.maker(held.owner)} and is still held: a backup job may be "
                 f"reading it, so this run leaves it alone and does not back up this guest",
                 f"run the helpers-mode job and this one at different times; if no job uses it, run "
                 f"`domu-snapshot unmount {guest.name}`"))
@@ -543,13 +527,7 @@ class Runner:
     def _held_snapshot(self, guest):
         """One of the guest's snapshots that this runner must leave alone, or None. From the lvs of
         discover(): under the run lock, no `domu-snapshot mount` or `unmount` can change it since."""
-        if not self.leave_alone:
-            return None
-        disks = {(d.vg, d.lv) for d in guest.disks}
-        for lv in self._volumes or []:
-            if lv.ours and (lv.vg, lvm.origin_name(lv)) in disks and lv.owner in self.leave_alone:
-                return lv
-        return None
+        return ownership.held_snapshot(self._volumes or [], {(d.vg, d.lv) for d in guest.disks}, self.leave_alone)
 
     def _remove_leftovers(self, guest, result):
         """A snapshot left by a crashed run would make lvcreate fail on the name."""
@@ -788,33 +766,8 @@ class Runner:
         return [self._teardown_guest(guest, state, held, stale) for guest in guests]
 
     def held(self, state):
-        """(vg, lv) of guest disks this runner must leave alone -> the snapshot's owner.
-
-        From the system alone: our snapshots carrying a protected owner tag, and mounts under the
-        mount root on a loop device over such a snapshot (so a mount counts as held even when the
-        snapshot's own name does not match its path).
-        """
-        if not self.leave_alone:
-            return {}
-        held, by_rdev = {}, {}
-        for snapshot in state.snapshots.values():
-            if snapshot.owner in self.leave_alone:
-                held[(snapshot.vg, lvm.origin_name(snapshot))] = snapshot.owner
-                if snapshot.major is not None:
-                    by_rdev[(snapshot.major, snapshot.minor)] = snapshot
-        if not held:
-            return held
-        held_loops = {}
-        for device in state.loops:
-            snapshot = by_rdev.get(device.backing_rdev())
-            if snapshot is not None:
-                held_loops[device.name] = snapshot
-        for target, source in state.mounts:
-            snapshot = held_loops.get(source)
-            key = self._disk_of_mount(target)
-            if snapshot is not None and key is not None:
-                held[key] = snapshot.owner
-        return held
+        """(vg, lv) of guest disks this runner must leave alone -> the snapshot's owner (ownership.py)."""
+        return ownership.held_disks(state, self.leave_alone, self._disk_of_mount)
 
     def _disk_of_mount(self, target):
         """(vg, lv) for a mount at or below <mount_root>/<vg>/<lv>, else None."""
@@ -837,10 +790,10 @@ class Runner:
         result = GuestResult(guest, "unmount")
         owners = [held[(d.vg, d.lv)] for d in guest.disks if (d.vg, d.lv) in held]
         if owners:
-            # Not ours to touch (see LEAVE_ALONE): nothing of this guest is torn down.
+            # Not ours to touch (see ownership.LEAVE_ALONE): nothing of this guest is torn down.
             result.status = Status.HELD
             result.held_by = owners[0]
-            result.notes.append(held_message(guest.name, owners[0]))
+            result.notes.append(ownership.held_message(guest.name, owners[0]))
             return result
         ours, foreign = state.split_mounts()
         for disk in guest.disks:

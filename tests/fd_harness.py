@@ -1204,7 +1204,8 @@ class DirRunner:
             if fake.held_by:  # as the core reports what another owner holds
                 result = lc.GuestResult(lc.Guest(fake.name, []), "unmount", status="held",
                                         held_by=fake.held_by)
-                result.notes.append(lc.held_message(fake.name, fake.held_by))
+                from domu_snapshot import ownership
+                result.notes.append(ownership.held_message(fake.name, fake.held_by))
                 results.append(result)
         return results
 
