@@ -12,7 +12,7 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, filesystems, guestlvm, hooks, loop, lvm, mount, ownership, partitions, proxmox, quiesce, xfs, xl
+from . import commands, filesystems, fsck, guestlvm, hooks, loop, lvm, mount, ownership, partitions, proxmox, quiesce, xfs, xl
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -656,15 +656,17 @@ class Runner:
         result.domain_xml_path = path
 
     def _print_plan(self, guest):
+        """Dry-run: each disk's steps, printed by the very calls that run them (commands.run
+        prints instead of running), with placeholders for what only the snapshot would tell."""
+        printer = commands._dry_run["printer"]
         for disk in guest.disks:
-            printer = commands._dry_run["printer"]
-            printer(f"would run: losetup --find --show --offset <offset> --sizelimit <size> {disk.snapshot_path}")
-            printer("would run: e2fsck -p -E journal_only <loop device>")
-            printer(f"would run: mount -t <ext3|ext4> -o {mount.MOUNT_OPTIONS} <loop device> {disk.mount_path}")
+            device = loop.attach(disk.snapshot_path, "<offset>", "<size>")
+            fsck.plan(device)
+            mount.mount(device, disk.mount_path, "<ext3|ext4>")
             if "xfs" in self.cfg.filesystems:
-                printer(f"would run, for xfs instead: mount -t xfs -o {xfs.REPLAY_OPTIONS} <loop device> "
-                        f"{disk.mount_path}, umount {disk.mount_path} (log replay), then mount -t xfs -o "
-                        f"{xfs.MOUNT_OPTIONS} <loop device> {disk.mount_path}")
+                printer("for xfs instead of e2fsck and that mount:")
+                xfs.replay(device, disk.mount_path)
+                xfs.mount_read_only(device, disk.mount_path)
 
     def _mount_disk(self, guest, disk, more_disks=False):
         result = DiskResult(disk)

@@ -199,3 +199,29 @@ def test_a_whole_disk_xfs_needs_xfs_selected():
     assert partitions.choose(whole, "auto", ["ext4", "xfs"]).number == 0
     with pytest.raises(ProbeError):
         partitions.choose(whole, "whole")
+
+
+def test_the_dry_run_plan_is_printed_by_the_calls_that_run_the_steps(tmp_path):
+    """--dry-run's plan of a disk comes from loop.attach, fsck, mount and xfs themselves (the
+    argument lists cannot drift from what a real run executes); placeholders where only the
+    snapshot would tell."""
+    from domu_snapshot.lifecycle import Disk, Guest, Runner
+    printed = []
+    runner = Runner(load_config(write_config(tmp_path, "[domu-snapshot]\nfilesystems = ext4, xfs\n"),
+                                {"mount_root": str(tmp_path / "mnt")}))
+    disk = Disk("vg0", "domu-db", runner.mount_path("vg0", "domu-db"), None, runner.naming)
+    commands.set_dry_run(True, printer=printed.append)
+    try:
+        runner._print_plan(Guest("domu-db", [disk]))
+    finally:
+        commands.set_dry_run(False)
+    target = disk.mount_path
+    assert printed == [
+        f"would run: losetup --find --show --offset <offset> --sizelimit <size> {disk.snapshot_path}",
+        "would run: e2fsck -p -E journal_only <loop device>",
+        f"would run: mount -t <ext3|ext4> -o ro,nosuid,nodev,noexec <loop device> {target}",
+        "for xfs instead of e2fsck and that mount:",
+        f"would run: mount -t xfs -o rw,nouuid,nosuid,nodev,noexec <loop device> {target}",
+        f"would run: umount {target}",
+        f"would run: mount -t xfs -o ro,nouuid,nosuid,nodev,noexec <loop device> {target}",
+    ]
