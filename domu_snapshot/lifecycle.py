@@ -596,9 +596,9 @@ class Runner:
         level = quiesce.requested_level(self.cfg, guest.name, guest.domain, *[d.lv for d in guest.disks])
         if commands.is_dry_run():
             if guest.domain and level != "none":
-                commands._dry_run["printer"](f"would quiesce domain {guest.domain} ({level}) around its snapshots")
+                commands.say(f"would quiesce domain {guest.domain} ({level}) around its snapshots")
             elif guest.vmid is not None and level != "none":
-                commands._dry_run["printer"](f"would quiesce VM {guest.vmid} ({level}) around its snapshots")
+                commands.say(f"would quiesce VM {guest.vmid} ({level}) around its snapshots")
             create_snapshots()
             return
         if guest.vmid is not None:
@@ -645,7 +645,7 @@ class Runner:
             return
         path = quiesce.domain_xml_path(guest.disks[0].mount_path, suffix)
         if commands.is_dry_run():
-            commands._dry_run["printer"](f"would write {what} to {path}")
+            commands.say(f"would write {what} to {path}")
             return
         try:
             mount.make_dirs(os.path.dirname(path), self.cfg.mount_root)
@@ -658,13 +658,12 @@ class Runner:
     def _print_plan(self, guest):
         """Dry-run: each disk's steps, printed by the very calls that run them (commands.run
         prints instead of running), with placeholders for what only the snapshot would tell."""
-        printer = commands._dry_run["printer"]
         for disk in guest.disks:
             device = loop.attach(disk.snapshot_path, "<offset>", "<size>")
             fsck.plan(device)
             mount.mount(device, disk.mount_path, "<ext3|ext4>")
             if "xfs" in self.cfg.filesystems:
-                printer("for xfs instead of e2fsck and that mount:")
+                commands.say("for xfs instead of e2fsck and that mount:")
                 xfs.replay(device, disk.mount_path)
                 xfs.mount_read_only(device, disk.mount_path)
 
@@ -857,13 +856,12 @@ class Runner:
     def _remove_files(self, mount_path):
         """The saved domain definition next to a torn-down mount, and its now empty directories."""
         if commands.is_dry_run():
-            printer = commands._dry_run["printer"]
             for suffix in quiesce.DEFINITION_SUFFIXES:
                 xml = quiesce.domain_xml_path(mount_path, suffix)
                 if os.path.isfile(xml) and not os.path.islink(xml):
-                    printer(f"would remove {xml}")
+                    commands.say(f"would remove {xml}")
             if os.path.isdir(mount_path) and not os.path.islink(mount_path):
-                printer(f"would remove the directory {mount_path} (if empty)")
+                commands.say(f"would remove the directory {mount_path} (if empty)")
             return
         quiesce.remove_domain_xml(mount_path)
         mount.remove_empty_dirs(mount_path, self.cfg.mount_root)
