@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 
-from . import __version__, commands, filesystems, guestlvm, logs, loop, mount, partitions, quiesce
+from . import __version__, commands, filesystems, guestlvm, logs, loop, mount, partitions
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
