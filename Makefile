@@ -1,6 +1,7 @@
 # domu-snapshot: set-up and test entry points. Run as root on Debian 12.
 #   make test      everything CI runs: deps, host suite, vm suite (one VM boot)
 #   make demo      the demo in a throwaway VM
+#   make demo-proxmox  the same on a Proxmox-VE-shaped host (LVM-thin, qemu-ga, QMP)
 #   make deb       the Debian package, in dist/ (apt install ./dist/domu-snapshot_*.deb)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,7 +18,7 @@ PY := $(VENV)/bin/python
 # has no SQLite catalog).
 # Installed without recommends (which would pull in a GUI for qemu and a mail daemon for Bacula),
 # so what lvm2 recommends and we need is listed: thin_check for thin pools.
-APT_PACKAGES := lvm2 thin-provisioning-tools parted fdisk e2fsprogs dosfstools xfsprogs btrfs-progs \
+APT_PACKAGES := lvm2 thin-provisioning-tools qemu-guest-agent parted fdisk e2fsprogs dosfstools xfsprogs btrfs-progs \
 	cryptsetup-bin udev kmod util-linux \
 	qemu-system-x86 linux-image-amd64 busybox-static \
 	python3-venv python3-dev python3-setuptools python3-wheel python3-parted python3-libvirt \
@@ -39,7 +40,7 @@ VM_RUN_DIR ?= .vmrun/test-$(RUN_ID)
 VMBED_ARGS ?=
 HOST_JUNIT := .vmrun/host-$(RUN_ID).xml
 
-.PHONY: deps apt-deps deb-deps venv test test-host test-vm demo bench deb
+.PHONY: deps apt-deps deb-deps venv test test-host test-vm demo demo-proxmox bench deb
 
 deps: apt-deps venv
 
@@ -103,6 +104,9 @@ test: deps
 
 demo: deps
 	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m tests.demo
+
+demo-proxmox: deps
+	@$(PY) -m tests.vmbed $(VMBED_ARGS) -- $(abspath $(PY)) -m tests.demo_proxmox
 
 # The Debian package (debian/), built offline from a copy of the working tree's files (tracked
 # and not ignored) in .vmrun/deb-build/ (dpkg-buildpackage writes next to the source tree), checked

@@ -11,13 +11,12 @@ import os
 import shutil
 import signal
 import sys
-import syslog
 
-from . import __version__, commands, fsck, loop, mount, partitions, quiesce
+from . import __version__, commands, filesystems, guestlvm, logs, loop, mount, partitions
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
-from .lifecycle import Runner
+from .lifecycle import Runner, Status
 from .lock import RunLock
 
 EXIT_OK, EXIT_GUEST_FAILED, EXIT_USAGE = 0, 1, 2
@@ -121,35 +120,17 @@ _OVERRIDES = ("prefix", "vgs", "include", "exclude", "snapshot_size", "chunk_siz
 
 
 class Output:
-    """Prints for people and logs to syslog (`journalctl -t domu-snapshot` finds a run's lines).
-
-    quiet: info lines only to syslog; verbose: also "debug" lines (each command) on the console;
-    json: every line to stderr, so stdout holds only the JSON document."""
+    """The CLI's log (see logs.py): the console, and syslog unless --no-syslog; called as
+    out(level, message) like every log of the core."""
 
     def __init__(self, use_syslog, quiet=False, verbose=False, json_mode=False):
-        self.use_syslog = use_syslog
-        self.quiet, self.verbose, self.json_mode = quiet, verbose, json_mode
+        handlers = [logs.ConsoleHandler(quiet=quiet, verbose=verbose, json_mode=json_mode)]
         if use_syslog:
-            syslog.openlog("domu-snapshot", syslog.LOG_PID, syslog.LOG_DAEMON)
+            handlers.append(logs.SyslogHandler())
+        logs.use(*handlers)
 
     def __call__(self, level, message):
-        # One line per message: a tool's multi-line stderr (e2fsck, lvm) would otherwise break
-        # the one-line-per-guest output that job logs and syslog consumers rely on.
-        # Escaped too: guest-controlled text (names, agent replies) must not forge lines or
-        # send escape sequences to a terminal.
-        message = one_line(message)
-        loud = level in ("error", "warning")
-        if level == "debug":
-            if self.verbose:
-                print("debug: " + message, file=sys.stderr, flush=True)
-            return
-        if loud or not self.quiet:
-            stream = sys.stderr if loud or self.json_mode else sys.stdout
-            prefix = {"error": "error: ", "warning": "warning: "}.get(level, "")
-            print(prefix + message, file=stream, flush=True)
-        if self.use_syslog:
-            priority = {"error": syslog.LOG_ERR, "warning": syslog.LOG_WARNING}.get(level, syslog.LOG_INFO)
-            syslog.syslog(priority, message)
+        logs.emit(level, message)
 
 
 def _disk_record(disk_result):
@@ -158,7 +139,8 @@ def _disk_record(disk_result):
             "mounted": disk_result.mounted, "partition": choice.number if choice else None,
             "fs": choice.fs if choice else None, "offset": choice.offset if choice else None,
             "loop_device": disk_result.loop or None, "journal": disk_result.journal or None,
-            "snapshot_peak_use_percent": disk_result.peak_percent, "note": disk_result.note or None}
+            "snapshot_peak_use_percent": disk_result.peak_percent, "note": disk_result.note or None,
+            "guest_lv": disk_result.inner or None}
 
 
 def _result_record(result):
@@ -262,12 +244,12 @@ def foreach_main(argv=None):
 def _line(out, result):
     """One line per guest: result, detail, time."""
     name = result.guest.name
-    if result.status == "failed":
+    if result.status == Status.FAILED:
         out("error", f"FAILED  {result.error}  ({result.seconds:.1f}s)")
-    elif result.status == "skipped":
+    elif result.status == Status.SKIPPED:
         out("warning", f"SKIPPED {name}: {'; '.join(result.notes)}")
         return
-    elif result.status == "held":
+    elif result.status == Status.HELD:
         out("warning", f"HELD    {name}: {'; '.join(result.notes)}")
         return
     else:
@@ -288,6 +270,15 @@ def _line(out, result):
 def cmd_mount(runner, args, out):
     if not args.all and not args.guests:
         raise DomuError("name the guests to mount, or use --all")
+    if not runner.cfg.dry_run:
+        runner.warm_up_probe()  # its start overlaps the lock, lvs and the first snapshots
+    try:
+        return _mount(runner, args, out)
+    finally:
+        runner.end_spare_probe()
+
+
+def _mount(runner, args, out):
     with runner.lock():
         guests = runner.discover(None if args.all else args.guests)
         if not guests:
@@ -413,8 +404,8 @@ def _logical_sector_size(path):
         return 512
 
 
-def _probe_origin(disk, partition, filesystems):
-    """Partition choice of an origin LV and why its filesystem would be refused (fsck.refusal:
+def _probe_origin(disk, partition, selected, guest_lvm="no", guest_lv="auto"):
+    """Partition choice of an origin LV and why its filesystem would be refused (filesystems.refusal:
     (message, hint) or None), read through a read-only loop device (with the LV's logical sector
     size: a loop device has 512-byte sectors unless told, and the LBAs of a table written on a
     4096-byte-sector disk count 4 KiB sectors)."""
@@ -424,8 +415,19 @@ def _probe_origin(disk, partition, filesystems):
         argv += ["--sector-size", str(sector_size)]
     device = commands.run(argv + [disk.lv_path], changes_system=False).stdout.strip()
     try:
-        choice = partitions.choose(partitions.probe_isolated(device), partition, filesystems)
-        return choice, fsck.refusal(fsck.read_superblock(device, choice.offset), choice.where(disk.key))
+        probed = partitions.probe_isolated(device)
+        # LVM inside the guest: what prepare would do (guestlvm.plan reads the PV's metadata only)
+        inner = guestlvm.plan(probed, device, guest_lvm, partition, guest_lv)
+        if inner is not None and guest_lvm == "yes":
+            return inner
+        try:
+            choice = partitions.choose(probed, partition, selected)
+        except ProbeError:
+            if inner is not None:
+                return inner
+            raise
+        superblock = filesystems.read_superblock(device, choice.offset, choice.fs)
+        return choice, filesystems.refusal(superblock, choice.where(disk.key))
     finally:
         loop.detach(device, undo=True)  # the attach above is a query's: undone in dry-run too
 
@@ -436,17 +438,25 @@ def cmd_list(runner, args, out):
     rows = []
     for guest in guests:
         for disk in guest.disks:
-            row = {"guest": guest.name, "domain": guest.domain, "vg": disk.vg, "lv": disk.lv,
+            row = {"guest": guest.name, "domain": guest.domain, "vmid": guest.vmid, "vg": disk.vg, "lv": disk.lv,
                    "size": disk.origin.size, "active": disk.origin.active, "partition": None, "fs": None,
                    "offset": None, "mounted": disk.mount_path in mounted, "mount_path": disk.mount_path,
                    "problem": None}
             if disk.origin.active:
                 try:
-                    choice, refused = _probe_origin(disk, runner.cfg.for_disk(guest, disk, "partition"),
-                                                    runner.cfg.filesystems)
-                    row.update(partition=choice.number, fs=choice.fs, offset=choice.offset)
-                    if refused:
-                        row["problem"] = refused[0]
+                    found = _probe_origin(disk, runner.cfg.for_disk(guest, disk, "partition"),
+                                          runner.cfg.filesystems, runner.cfg.for_disk(guest, disk, "guest_lvm"),
+                                          runner.cfg.for_disk(guest, disk, "guest_lv"))
+                    if len(found) == 3:  # a guest VG: (pv choice, its LVs to try, problem)
+                        choice, inner, problem = found
+                        row.update(partition=choice.number, fs="lvm", offset=choice.offset, guest_lvs=inner)
+                        if problem:
+                            row["problem"] = problem
+                    else:
+                        choice, refused = found
+                        row.update(partition=choice.number, fs=choice.fs, offset=choice.offset)
+                        if refused:
+                            row["problem"] = refused[0]
                 except (ProbeError, CommandError) as exc:
                     row["problem"] = str(exc)
             else:
@@ -455,11 +465,20 @@ def cmd_list(runner, args, out):
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
-    print(f"{'GUEST':24} {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
+    # Proxmox VE: one row per disk of a VM, under its VMID; a libvirt or xl domain's disks under
+    # the guest's (the domain's) name
+    if runner.proxmox:
+        first, header = (lambda row: f"{row['vmid'] or '-':>6} {row['lv']:24}"), f"{'VMID':>6} {'DISK':24}"
+    elif any(row["domain"] for row in rows):
+        first, header = (lambda row: f"{row['guest']:24} {row['lv']:24}"), f"{'GUEST':24} {'DISK':24}"
+    else:
+        first, header = (lambda row: f"{row['guest']:24}"), f"{'GUEST':24}"
+    print(header + f" {'VG':12} {'SIZE':>9} {'PART':>5} {'FS':5} {'OFFSET':>12} MOUNTED")
     for row in rows:
         part = "whole" if row["partition"] == 0 else ("-" if row["partition"] is None else str(row["partition"]))
-        print(f"{row['guest']:24} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
+        print(f"{first(row)} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
               f"{'-' if row['offset'] is None else row['offset']:>12} {'yes' if row['mounted'] else 'no'}"
+              + (f"  guest LVs: {one_line(row['guest_lvs'])}" if row.get("guest_lvs") else "")
               + (f"  ({one_line(row['problem'])})" if row["problem"] else ""))
     return EXIT_OK
 
@@ -472,15 +491,20 @@ def _status(runner):
         snapshot = by_rdev.get(device.backing_rdev())
         if snapshot:
             loops[device.name] = snapshot
+    inner = {}  # LVM inside a guest: the device of a guest LV on one of our loops -> that loop
+    for name in loops:
+        for path in guestlvm.holder_paths(name):
+            inner[os.path.realpath(path)] = name
     mounted, used_loops, used_snaps = [], set(), set()
     for target, source in state.mounts:
-        snapshot = loops.get(source)
+        loop_name = inner.get(os.path.realpath(source), source) if source else source
+        snapshot = loops.get(loop_name)
         mounted.append({"mount_path": target, "device": source,
                         "snapshot": snapshot.key if snapshot else None,
                         "snapshot_use_percent": snapshot.snap_percent if snapshot else None,
                         "overflowed": bool(snapshot and snapshot.is_classic_snapshot and snapshot.invalid),
                         **_pool_fields(snapshot, state.pools)})
-        used_loops.add(source)
+        used_loops.add(loop_name)
         if snapshot:
             used_snaps.add(snapshot.key)
     leftovers = [{"kind": "loop device", "name": name, "snapshot": s.key}
@@ -534,16 +558,28 @@ def cmd_check(runner, args, out):
         report(True, "pyparted")
     except ImportError:
         report(False, "pyparted (install python3-parted)")
+    if guestlvm.host_scans_lvs():
+        report(False, "the host's LVM scans LVs (lvm.conf devices/scan_lvs = 1): a guest's own VG on its disk "
+                      "is seen, and may be auto-activated, by the host while the guest runs; set scan_lvs = 0 "
+                      "(see README: LVM inside the guest)")
+    kind, cfg = runner.host_kind(), runner.cfg
+    missing = runner.quiescer.unavailable if kind in ("libvirt", "xl") else None
+    why = {"proxmox": f"host = {cfg.host}" + (f", {cfg.pve_config_dir} exists" if cfg.host == "auto" else ""),
+           "plain": "host = plain: no toolstack",
+           "xl": f"host = {cfg.host}" + (", a Xen control domain with xl" if cfg.host == "auto" else "")
+           }.get(kind, f"host = {cfg.host}: libvirt where it answers")
+    report(not (missing and cfg.host in ("libvirt", "xl")),
+           f"host kind {kind} ({why})" + (f"; {missing}" if missing else ""))
     guests = runner.discover()
-    report(bool(guests), f"{len(guests)} guest(s) with prefix {runner.cfg.prefix!r}")
-    kind, missing = runner.host_kind(), runner.quiescer.unavailable
-    report(not (missing and runner.cfg.host in ("libvirt", "xl")),
-           f"host: {kind}" + (" (detected)" if runner.cfg.host == "auto" else " (configured)")
-           + (f"; {missing}" if missing else ""))
+    if runner.proxmox:
+        report(bool(guests), f"{len(guests)} guest(s): Proxmox VE VMs (vm-<vmid>-disk-<n>"
+                             + (", base-<vmid>-disk-<n>)" if cfg.pve_templates else ")"))
+    else:
+        report(bool(guests), f"{len(guests)} guest(s) with prefix {cfg.prefix!r}")
     for guest in guests:
-        level = quiesce.requested_level(runner.cfg, guest.name, guest.domain, *[d.lv for d in guest.disks])
-        owner = f"{kind} domain {guest.domain}" if guest.domain else "no domain"
-        report(True, f"guest {guest.name}: {owner}, disks {', '.join(d.key for d in guest.disks)}, quiesce {level}")
+        plan = runner.quiesce_plan(guest)
+        disks = ", ".join(d.key for d in guest.disks)
+        report("; fails" not in plan, f"guest {guest.name} ({disks}): quiesce {plan}")
     for name, error in runner.check_space(guests, concurrent=True).items():
         report(False, f"space for {name}: {error.message}")
     try:

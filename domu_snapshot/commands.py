@@ -84,6 +84,11 @@ def is_dry_run():
     return _dry_run["enabled"]
 
 
+def say(text):
+    """A dry-run's line of its own (what would be written or done besides running a command)."""
+    _dry_run["printer"](text)
+
+
 # Tools are looked up here only, never through the caller's PATH (root may run us from anywhere).
 TOOL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Test beds and benchmarks wrap tools; root's own environment may put them first (nothing else can).
@@ -96,7 +101,7 @@ TOOL_PATH_ENV = "DOMU_SNAPSHOT_TOOL_PATH"
 NEVER_KILLED = frozenset({
     "lvm", "lvcreate", "lvremove", "lvchange", "lvconvert", "lvextend", "lvreduce", "lvresize",
     "lvrename", "vgchange", "vgcreate", "vgremove", "vgextend", "vgreduce", "vgrename", "vgcfgrestore",
-    "pvcreate", "pvremove", "pvmove", "pvchange", "dmsetup",
+    "pvcreate", "pvremove", "pvmove", "pvchange", "dmsetup", "vgimportclone",
 })
 
 

@@ -19,11 +19,13 @@ MAIN_SECTION = "domu-snapshot"
 GUEST_SECTION = re.compile(r"^guest\s+(?P<name>\S+)$")
 
 QUIESCE_LEVELS = ("auto", "agent", "suspend", "sync", "none")
-# Which toolstack groups and quiesces guests: auto detects it (libvirt when a daemon answers or
-# libvirt_uri is set, else xl on a Xen control domain, else none), plain uses none.
-HOST_KINDS = ("auto", "plain", "libvirt", "xl")
+# Which toolstack groups and quiesces guests: auto detects it (Proxmox VE when pve_config_dir
+# exists; else libvirt when a daemon answers or libvirt_uri is set; else xl on a Xen control
+# domain; else libvirt as far as it answers), plain uses none.
+HOST_KINDS = ("auto", "plain", "libvirt", "proxmox", "xl")
 GUEST_KEYS = ("partition", "snapshot_size", "chunk_size", "quiesce", "before_snapshot_hook",
-              "after_snapshot_hook", "before_hook_failure")
+              "after_snapshot_hook", "before_hook_failure", "guest_lvm", "guest_lv")
+GUEST_LVM_MODES = ("auto", "yes", "no")
 
 
 @dataclasses.dataclass
@@ -38,11 +40,15 @@ class Config:
     chunk_size: str = ""
     partition: str = "auto"  # "auto", "whole" (= "0", as `list` shows it) or a partition number >= 1
     filesystems: list = dataclasses.field(default_factory=lambda: ["ext4", "ext3"])
+    # LVM inside the guest (guestlvm.py): "auto" mounts an LV of the guest's VG only when no ext
+    # partition is chosen (a disk that is only a PV); "yes" prefers it to the first ext partition
+    # (Debian's guided LVM has /boot first); "no" never. guest_lv: the LV, or auto (root-like first).
+    guest_lvm: str = "auto"
+    guest_lv: str = "auto"
     mount_root: str = "/var/lib/domu-snapshot/mnt"
     lock_file: str = "/run/domu-snapshot/lock"  # in a root-only directory (lock.py)
     lock_timeout: float = 60.0
     quiesce: str = "auto"
-    host: str = "auto"
     libvirt_uri: str = ""
     xl_command: str = "/usr/sbin/xl"
     quiesce_timeout: float = 10.0
@@ -57,6 +63,12 @@ class Config:
     # every block a guest writes while its snapshot exists takes a new block of the pool.
     thin_pool_max_data_percent: float = 90.0
     thin_pool_max_metadata_percent: float = 80.0
+    # What kind of host (config.HOST_KINDS): "auto" (Proxmox VE when pve_config_dir exists, else
+    # libvirt where its daemon runs, else xl on a Xen dom0), "plain", "libvirt", "proxmox", "xl".
+    host: str = "auto"
+    pve_config_dir: str = "/etc/pve/qemu-server"  # <vmid>.conf (agent: 1, ...)
+    pve_run_dir: str = "/var/run/qemu-server"  # <vmid>.qga and <vmid>.qmp sockets
+    pve_templates: bool = False  # also back up templates' disks (base-<vmid>-disk-<n>)
     syslog: bool = True
     dry_run: bool = False
     allow_empty: bool = False  # `mount --all` selecting no guest: exit 0 (else 1)
@@ -93,7 +105,7 @@ _LIST_KEYS = {"vgs", "include", "exclude", "filesystems"}
 _FLOAT_KEYS = {"lock_timeout", "quiesce_timeout", "settle_timeout", "hook_timeout", "thin_pool_max_data_percent",
                "thin_pool_max_metadata_percent"}
 _INT_KEYS = {"busy_retries"}
-_BOOL_KEYS = {"syslog", "dry_run", "allow_empty"}
+_BOOL_KEYS = {"syslog", "dry_run", "allow_empty", "pve_templates"}
 _ALIASES = {"vg": "vgs"}
 
 
@@ -187,6 +199,12 @@ def _check_guest_value(where, key, value):
         if value not in ("auto", "whole") and not (str(value).isdigit() and len(str(value)) < 4):
             raise DomuError(f"{where}: partition must be 'auto', 'whole' (or 0, the same) or a partition "
                             f"number, not {value!r}")
+    elif key == "guest_lvm":
+        if value not in GUEST_LVM_MODES:
+            raise DomuError(f"{where}: guest_lvm must be one of {', '.join(GUEST_LVM_MODES)}, not {value!r}")
+    elif key == "guest_lv":
+        if not re.match(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$", str(value)):
+            raise DomuError(f"{where}: guest_lv must be auto or an LVM LV name, not {value!r}")
     elif key == "quiesce":
         if value not in QUIESCE_LEVELS:
             raise DomuError(f"{where}: quiesce must be one of {', '.join(QUIESCE_LEVELS)}, not {value!r}")
@@ -209,6 +227,11 @@ def validate(cfg):
         raise DomuError(f"mount_root must be an absolute path, not {cfg.mount_root!r}")
     if os.path.normpath(cfg.mount_root) == "/":
         raise DomuError("mount_root must not be /")
+    if cfg.host not in HOST_KINDS:
+        raise DomuError(f"configuration: host must be one of {', '.join(HOST_KINDS)}, not {cfg.host!r}")
+    for key in ("pve_config_dir", "pve_run_dir"):
+        if not os.path.isabs(getattr(cfg, key)):
+            raise DomuError(f"configuration: {key} must be an absolute path, not {getattr(cfg, key)!r}")
     for key, (low, high, low_ok) in _RANGES.items():
         value = getattr(cfg, key)
         if isinstance(value, float) and not math.isfinite(value):
@@ -221,13 +244,12 @@ def validate(cfg):
         where = f"[guest {name}]" if name else "configuration"
         for key in GUEST_KEYS:
             _check_guest_value(where, key, cfg.for_guest(name, key) if name else getattr(cfg, key))
-    if cfg.host not in HOST_KINDS:
-        raise DomuError(f"configuration: host must be one of {', '.join(HOST_KINDS)}, not {cfg.host!r}")
     if not os.path.isabs(cfg.xl_command):
         raise DomuError(f"configuration: xl_command must be an absolute path, not {cfg.xl_command!r}")
     for fs in cfg.filesystems:
-        if fs not in ("ext2", "ext3", "ext4"):
-            raise DomuError(f"filesystems: only ext2, ext3 and ext4 can be journal-replayed and mounted, not {fs!r}")
+        if fs not in ("ext2", "ext3", "ext4", "xfs"):
+            raise DomuError(f"filesystems: only ext2, ext3, ext4 and xfs can be journal-replayed and mounted, "
+                            f"not {fs!r}")
     return cfg
 
 

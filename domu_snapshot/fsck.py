@@ -133,13 +133,22 @@ def replay(loop_device):
         raise ProbeError(*refused)
     done = []
     if before is not None and before.needs_recovery:
-        _e2fsck(["e2fsck", "-p", "-E", "journal_only", loop_device])
+        _e2fsck(journal_replay_argv(loop_device))
         done.append("journal replayed")
     after = read_superblock(loop_device)
     if after is None or not after.clean or after.has_orphans or after.needs_recovery:
         proc = _e2fsck(["e2fsck", "-p", loop_device])
         done.append("preened" + (" (errors corrected)" if proc.returncode else ""))
     return ", ".join(done) or "clean"
+
+
+def journal_replay_argv(loop_device):
+    return ["e2fsck", "-p", "-E", "journal_only", loop_device]
+
+
+def plan(loop_device):
+    """Dry-run: what replay() runs when the journal needs it (the superblock is not read)."""
+    commands.run(journal_replay_argv(loop_device), changes_system=True)
 
 
 def _e2fsck(argv):

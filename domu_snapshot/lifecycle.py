@@ -12,10 +12,11 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, fsck, hooks, loop, lvm, mount, partitions, quiesce, xl
+from . import commands, filesystems, fsck, guestlvm, hooks, loop, lvm, mount, ownership, partitions, proxmox, quiesce, xfs, xl
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
+from .status import Status
 
 
 # ------------------------------------------------------------------ records
@@ -28,6 +29,7 @@ class Disk:
     lv: str
     mount_path: str
     origin: Optional[lvm.LogicalVolume] = None  # None when rebuilt from leftovers
+    naming: str = "suffix"  # lvm.NAMINGS: "prefix" on Proxmox VE hosts (teardown finds either by origin)
 
     @property
     def key(self):
@@ -39,7 +41,7 @@ class Disk:
 
     @property
     def snapshot_name(self):
-        return lvm.snapshot_name(self.lv)
+        return lvm.snapshot_name(self.lv, self.naming)
 
     @property
     def snapshot_path(self):
@@ -54,6 +56,7 @@ class Guest:
     disks: List[Disk]
     domain: Optional[str] = None
     error: Optional[GuestError] = None  # found at discovery (libvirt failed on its domain): prepare fails it
+    vmid: Optional[str] = None  # Proxmox VE: the VM's id (its disks are vm-<vmid>-disk-<n>)
 
     @property
     def active(self):
@@ -69,6 +72,8 @@ class DiskResult:
     mounted: bool = False
     peak_percent: Optional[float] = None  # snapshot use at teardown
     note: str = ""
+    inner: str = ""  # LVM inside the guest: "guest VG ubuntu-vg (as domusnap_...), LV root"
+    inner_note: str = ""  # e.g. the host's udev had auto-activated the guest VG
 
     @property
     def mount_path(self):
@@ -79,32 +84,33 @@ class DiskResult:
             return f"{self.disk.key}: {self.note}"
         if not self.choice:
             return f"{self.disk.key}: not mounted"
-        return f"{self.disk.key}: {self.choice.describe()}, {self.journal or 'clean'}"
+        inner = f", {self.inner}" if self.inner else ""
+        return f"{self.disk.key}: {self.choice.describe()}{inner}, {self.journal or 'clean'}"
 
 
 @dataclasses.dataclass
 class GuestResult:
     guest: Guest
     action: str  # "mount", "unmount" or "plan"
-    status: str = "ok"  # "ok", "skipped" or "failed"
+    status: Status = Status.OK
     error: Optional[GuestError] = None
     disks: List[DiskResult] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     quiesce: str = "none"
     freeze_ms: Optional[float] = None
     notes: List[str] = dataclasses.field(default_factory=list)
-    domain_xml: str = ""  # the libvirt definition (virsh define accepts it); "" for a plain LV
+    domain_xml: str = ""  # the libvirt definition (virsh define accepts it), xl's or Proxmox's config; "" for a plain LV
     domain_xml_path: str = ""  # where prepare wrote it: <mount_root>/<vg>/<first lv>.domain.xml
     held_by: str = ""  # owner ("cli") of a snapshot this runner left alone; see Runner.leave_alone
 
     @property
     def ok(self):
-        return self.status != "failed"
+        return self.status != Status.FAILED
 
     @classmethod
     def failure(cls, guest, action, step, message, hint=""):
         """The result of a guest whose `step` failed outside the Runner's own error handling."""
-        return cls(guest, action, status="failed", error=GuestError(guest.name, step, message, hint))
+        return cls(guest, action, status=Status.FAILED, error=GuestError(guest.name, step, message, hint))
 
     def fail(self, error):
         # The first failure is the cause; later ones (e.g. in cleanup) are notes.
@@ -112,7 +118,7 @@ class GuestResult:
             self.error = error
         else:
             self.notes.append(str(error))
-        self.status = "failed"
+        self.status = Status.FAILED
 
 
 @dataclasses.dataclass
@@ -134,30 +140,29 @@ class SystemState:
                 found[device.name] = snapshot
         return found
 
+    def snapshots_of(self, vg, lv):
+        """Our snapshots of the LV vg/lv (by origin, whichever naming made them)."""
+        return [s for s in self.snapshots.values() if s.vg == vg and lvm.origin_name(s) == lv]
+
     def split_mounts(self):
         """(ours, foreign): mounts under the mount root whose source is a loop device over one of
         our snapshots, and every other one (never unmounted: not ours, whatever its path)."""
         loops = self.our_loops()
+        inner = self.inner_devices(loops)
         ours, foreign = [], []
         for target, source in self.mounts:
-            (ours if source in loops else foreign).append((target, source))
+            mine = source in loops or (source and os.path.realpath(source) in inner)
+            (ours if mine else foreign).append((target, source))
         return ours, foreign
 
-
-# Whose snapshots a runner leaves alone, by the runner's owner. The plugin must not tear down a
-# helpers-mode job's mounts between its `mount` and `unmount` (its FileSet may be being read);
-# the CLI handles everything that is ours (it is what helpers, cleanup and the boot service run).
-LEAVE_ALONE = {"plugin": frozenset({"cli"})}
-
-
-def _maker(owner):
-    return "`domu-snapshot mount` (helpers mode)" if owner == "cli" else f"a {owner} run"
-
-
-def held_message(name, owner):
-    """What a runner says about a guest it leaves alone (names the guest and what to do)."""
-    return (f"guest {name} is mounted by {_maker(owner)}: a backup job may be reading it, so it was "
-            f"left alone. If no job uses it, run `domu-snapshot unmount {name}`")
+    @staticmethod
+    def inner_devices(loops):
+        """Device paths (resolved) of the guest LVs active on our loop devices (LVM inside a guest):
+        the device-mapper devices holding them (/sys/block/loopN/holders)."""
+        found = set()
+        for name in loops:
+            found |= {os.path.realpath(path) for path in guestlvm.holder_paths(name)}
+        return found
 
 
 # ------------------------------------------------------------------- runner
@@ -170,11 +175,13 @@ class Runner:
             raise ValueError(f"unknown runner owner {owner!r}")
         self.cfg = config
         self.owner = owner
-        self.leave_alone = LEAVE_ALONE.get(owner, frozenset())
+        self.leave_alone = ownership.LEAVE_ALONE.get(owner, frozenset())
         self._log = log or (lambda level, message: None)
         self._volumes = None
         self._quiescer = None
         self._domains = {}
+        self._spare_probe = None  # a partitions.ProbeChild started ahead (warm_up_probe)
+        self._proxmox = None
 
     def log(self, level, message):
         self._log(level, message)
@@ -187,16 +194,35 @@ class Runner:
     def mount_path(self, vg, lv):
         return os.path.join(self.cfg.mount_root, vg, lv)
 
+    @property
+    def proxmox(self):
+        """Whether this is a Proxmox VE host (config `host`, or auto: pve_config_dir exists)."""
+        if self._proxmox is None:
+            self._proxmox = proxmox.is_proxmox(self.cfg)
+        return self._proxmox
+
+    @property
+    def naming(self):
+        return "prefix" if self.proxmox else "suffix"
+
     def _is_candidate(self, lv):
         if lv.is_hidden or lv.is_pool or lv.is_snapshot or lv.ours or lv.name.endswith(lvm.SUFFIX):
+            return False
+        if guestlvm.is_inner_vg(lv.vg):
+            return False  # a guest's own VG on one of our snapshots (LVM inside the guest)
+        if self.proxmox and lv.name.startswith(lvm.PREFIX):
             return False
         return self.selects(lv.vg, lv.name)
 
     def selects(self, vg, lv):
-        """Whether the run's selection (vg, prefix, include, exclude) covers the LV vg/lv."""
+        """Whether the run's selection (vg, prefix, include, exclude) covers the LV vg/lv. On a
+        Proxmox VE host the VM disk names (vm-<vmid>-disk-<n>) take the place of the prefix."""
         if self.cfg.vgs and vg not in self.cfg.vgs:
             return False
-        if self.cfg.prefix and not lv.startswith(self.cfg.prefix):
+        if self.proxmox:
+            if proxmox.disk_vmid(lv, self.cfg.pve_templates) is None:
+                return False
+        elif self.cfg.prefix and not lv.startswith(self.cfg.prefix):
             return False
         names = (lv, f"{vg}/{lv}")
         if self.cfg.include and not any(fnmatch.fnmatchcase(n, g) for g in self.cfg.include for n in names):
@@ -207,21 +233,23 @@ class Runner:
         """Guests from one `lvs` report; `names` (LV names or vg/lv) selects some."""
         self._volumes = lvm.report(self.cfg.vgs)
         candidates = [lv for lv in self._volumes if self._is_candidate(lv)]
+        look_alike = lvm.PREFIX if self.proxmox else lvm.SUFFIX
         for lv in self._volumes:
-            if lv.name.endswith(lvm.SUFFIX) and not lv.ours and not lv.is_hidden \
-                    and self.selects(lv.vg, lv.name[: -len(lvm.SUFFIX)]):
+            origin = lvm.named_origin(lv.name)
+            named = lv.name.startswith(look_alike) if self.proxmox else lv.name.endswith(look_alike)
+            if named and origin and not lv.ours and not lv.is_hidden and self.selects(lv.vg, origin):
                 self.log("warning", f"{lv.key} is named like a snapshot of this tool but does not carry its tag "
                                     f"{lvm.TAG}: not a guest, never touched (rename it if it is a guest's disk; "
-                                    f"a snapshot of {lv.name[: -len(lvm.SUFFIX)]} cannot be made while it exists)")
+                                    f"a snapshot of {origin} cannot be made while it exists)")
         counts = {}
         for lv in candidates:
             counts[lv.name] = counts.get(lv.name, 0) + 1
         guests = [
             Guest(lv.name if counts[lv.name] == 1 else lv.key,
-                  [Disk(lv.vg, lv.name, self.mount_path(lv.vg, lv.name), lv)])
+                  [Disk(lv.vg, lv.name, self.mount_path(lv.vg, lv.name), lv, self.naming)])
             for lv in candidates
         ]
-        guests = self.group_guests(guests)
+        guests = self.group_vms(guests) if self.proxmox else self.group_guests(guests)
         if names:
             guests = self._select(guests, names)
         return guests
@@ -241,9 +269,12 @@ class Runner:
         return self._quiescer
 
     def host_kind(self):
-        """"libvirt", "xl" or "plain": the configured host, or for auto what this host shows. A
-        libvirt daemon (or a libvirt_uri) wins, as before xl support: a Xen host with libvirt's
-        libxl driver is driven through libvirt."""
+        """"proxmox", "libvirt", "xl" or "plain": the configured host, or for auto what this host
+        shows: Proxmox VE by its VM config directory; then a libvirt daemon (or a libvirt_uri) wins
+        over xl, as before xl support (a Xen host with libvirt's libxl driver is driven through
+        libvirt)."""
+        if self.proxmox:
+            return "proxmox"
         if self.cfg.host != "auto":
             return self.cfg.host
         if self.cfg.libvirt_uri or os.environ.get("LIBVIRT_DEFAULT_URI") or quiesce.daemon_sockets():
@@ -259,6 +290,9 @@ class Runner:
         LVs no domain uses stay guests of their own.
         """
         position = {g.disks[0].key: i for i, g in enumerate(guests)}  # discover() makes one-disk guests
+        if self.cfg.host == "plain":
+            self._domains = {}
+            return guests
         self._domains = self.quiescer.domains([g.disks[0].origin for g in guests])
         grouped = list(guests)
         for name, domain in self._domains.items():
@@ -274,10 +308,50 @@ class Runner:
             grouped[min(members)] = Guest(title, [guests[i].disks[0] for i in members], name, error)
         return [g for g in grouped if g is not None]
 
+    def group_vms(self, guests):
+        """Proxmox VE: all disks of one VMID (in any VG) are one guest `vm-<vmid>` (templates
+        `base-<vmid>`), in disk order; the VM's EFI vars and TPM state volumes are left out (no
+        guest filesystem). discover() made one-disk guests of VM disk names only."""
+        by_vm, order = {}, []
+        for guest in guests:
+            disk = guest.disks[0]
+            kind, vmid, number = proxmox.disk_vmid(disk.lv, self.cfg.pve_templates)
+            key = (kind, vmid)
+            if key not in by_vm:
+                by_vm[key] = []
+                order.append(key)
+            by_vm[key].append((number, disk.vg, disk))
+        grouped = []
+        for kind, vmid in order:
+            config = proxmox.read_config(proxmox.config_path(self.cfg, vmid))
+            firmware = proxmox.state_volumes(config)
+            disks = [d for _n, _vg, d in sorted(by_vm[(kind, vmid)], key=lambda item: item[:2])
+                     if d.lv not in firmware]
+            if disks:
+                grouped.append(Guest(proxmox.guest_name(kind, vmid), disks, vmid=vmid))
+        return grouped
+
+    def quiesce_plan(self, guest):
+        """What quiesce the guest will get, as `check` says it (no guest is touched)."""
+        level = quiesce.requested_level(self.cfg, guest.name, guest.domain, *[d.lv for d in guest.disks])
+        if guest.vmid is not None:
+            return proxmox.plan_text(self.cfg, guest.vmid, level)
+        if level == "none":
+            return "none (configured)"
+        kind = self.host_kind()
+        if kind == "plain":
+            return f"{level}: host = plain" + ("; none" if level == "auto" else "; fails")
+        if guest.domain is None:
+            return f"{level}: no {kind} domain uses its LVs" + ("; none" if level == "auto" else "; fails")
+        if kind == "xl" and level in ("auto", "agent"):
+            return f"{level}: xl has no guest-agent freeze" + ("; none" if level == "auto" else "; fails")
+        return f"{level} through {kind} domain {guest.domain}"
+
     def _select(self, guests, names):
         chosen = []
         for name in names:
-            matches = [g for g in guests if name == g.name or any(name in (d.lv, d.key) for d in g.disks)]
+            matches = [g for g in guests if name == g.name or (g.vmid is not None and name == g.vmid)
+                       or any(name in (d.lv, d.key) for d in g.disks)]
             if not matches:
                 known = ", ".join(g.name for g in guests) or "none"
                 raise DomuError(f"unknown guest {name!r} (guests found: {known})")
@@ -369,7 +443,7 @@ class Runner:
         started = time.monotonic()
         result = GuestResult(guest, "mount")
         if not guest.active:
-            result.status = "skipped"
+            result.status = Status.SKIPPED
             result.notes.append("LV is not active: not touched (activate it with lvchange -ay to back it up)")
             return result
         if guest.error is not None:
@@ -382,7 +456,7 @@ class Runner:
             result.held_by = held.owner
             result.fail(GuestError(
                 guest.name, "snapshot",
-                f"{held.key} was made by {_maker(held.owner)} and is still held: a backup job may be "
+                f"{held.key} was made by {ownership.maker(held.owner)} and is still held: a backup job may be "
                 f"reading it, so this run leaves it alone and does not back up this guest",
                 f"run the helpers-mode job and this one at different times; if no job uses it, run "
                 f"`domu-snapshot unmount {guest.name}`"))
@@ -394,6 +468,8 @@ class Runner:
             return result
         try:
             self._check_names(guest)
+            if not commands.is_dry_run():
+                self.warm_up_probe()  # starts while the snapshots are made
             self._remove_leftovers(guest, result)
             self._create_snapshots(guest, result)
             self._save_domain_xml(guest, result)
@@ -401,10 +477,12 @@ class Runner:
                 self._print_plan(guest)
                 return result
             commands.settle(self.cfg.settle_timeout)
-            for disk in guest.disks:
-                result.disks.append(self._mount_disk(guest, disk))
+            for index, disk in enumerate(guest.disks):
+                result.disks.append(self._mount_disk(guest, disk, more_disks=index + 1 < len(guest.disks)))
+                if result.disks[-1].inner_note:
+                    result.notes.append(result.disks[-1].inner_note)
             if not any(d.mounted for d in result.disks):
-                result.status = "skipped"
+                result.status = Status.SKIPPED
                 result.notes.append("nothing to back up: " + "; ".join(d.note for d in result.disks))
                 self._teardown_quietly(guest, result)
         except GuestError as error:
@@ -415,12 +493,33 @@ class Runner:
             self._teardown_quietly(guest, result)
             raise
         finally:
+            self.end_spare_probe()
             result.seconds = time.monotonic() - started
         return result
 
+    def warm_up_probe(self):
+        """Start the next partition probe's child now, so that its start (Python, libparted)
+        overlaps the snapshots instead of following them."""
+        if self._spare_probe is None:
+            self._spare_probe = partitions.ProbeChild()
+
+    def _probe(self, path, warm_next=False):
+        """The partition table of `path`, read in the spare child if one was started."""
+        child, self._spare_probe = self._spare_probe, None
+        if warm_next:
+            self.warm_up_probe()  # the next disk's, while this one is read
+        if child is None:
+            return partitions.probe_isolated(path)
+        return child.probe(path)
+
+    def end_spare_probe(self):
+        child, self._spare_probe = self._spare_probe, None
+        if child is not None:
+            child.close()
+
     def _check_names(self, guest):
         for disk in guest.disks:
-            problem = lvm.check_snapshot_name(disk.vg, disk.lv)
+            problem = lvm.check_snapshot_name(disk.vg, disk.lv, disk.naming)
             if problem:
                 raise GuestError(guest.name, "snapshot name", problem,
                                  "rename the LV (lvrename) to a shorter name; nothing was created")
@@ -428,18 +527,12 @@ class Runner:
     def _held_snapshot(self, guest):
         """One of the guest's snapshots that this runner must leave alone, or None. From the lvs of
         discover(): under the run lock, no `domu-snapshot mount` or `unmount` can change it since."""
-        if not self.leave_alone:
-            return None
-        names = {f"{d.vg}/{d.snapshot_name}" for d in guest.disks}
-        for lv in self._volumes or []:
-            if lv.ours and lv.key in names and lv.owner in self.leave_alone:
-                return lv
-        return None
+        return ownership.held_snapshot(self._volumes or [], {(d.vg, d.lv) for d in guest.disks}, self.leave_alone)
 
     def _remove_leftovers(self, guest, result):
         """A snapshot left by a crashed run would make lvcreate fail on the name."""
-        existing = {lv.key for lv in self._volumes or [] if lv.ours}
-        if any(f"{d.vg}/{d.snapshot_name}" in existing for d in guest.disks):
+        existing = {(lv.vg, lvm.origin_name(lv)) for lv in self._volumes or [] if lv.ours}
+        if any((d.vg, d.lv) in existing for d in guest.disks):
             result.notes.append("removed a leftover snapshot of an earlier run first")
             for report in self.teardown([guest], stale=True):
                 result.notes.extend(report.notes)
@@ -453,7 +546,7 @@ class Runner:
                 spec = self.cfg.for_disk(guest, disk, "snapshot_size")
                 chunk = self.cfg.for_disk(guest, disk, "chunk_size")
                 try:
-                    lvm.create_snapshot(disk.origin, spec, chunk, self.owner)
+                    lvm.create_snapshot(disk.origin, spec, chunk, self.owner, disk.naming)
                 except CommandError as exc:
                     raise GuestError(guest.name, "snapshot", exc.summary(),
                                      f"check free space (vgs {disk.vg}) and leftovers (domu-snapshot status)") from None
@@ -503,10 +596,17 @@ class Runner:
         level = quiesce.requested_level(self.cfg, guest.name, guest.domain, *[d.lv for d in guest.disks])
         if commands.is_dry_run():
             if guest.domain and level != "none":
-                commands._dry_run["printer"](f"would quiesce domain {guest.domain} ({level}) around its snapshots")
+                commands.say(f"would quiesce domain {guest.domain} ({level}) around its snapshots")
+            elif guest.vmid is not None and level != "none":
+                commands.say(f"would quiesce VM {guest.vmid} ({level}) around its snapshots")
             create_snapshots()
             return
-        hold = self.quiescer.hold(guest.name, guest.domain, level)
+        if guest.vmid is not None:
+            hold = proxmox.Hold(self.cfg, guest.name, guest.vmid, level, self.log)
+        elif self.cfg.host == "plain":
+            hold = self.quiescer.hold(guest.name, None, "none" if level == "auto" else level)
+        else:
+            hold = self.quiescer.hold(guest.name, guest.domain, level)
         try:
             with hold:
                 create_snapshots()
@@ -523,17 +623,29 @@ class Runner:
 
     def _save_domain_xml(self, guest, result):
         """The domain's definition goes into the backup: a file next to the first disk's mount
-        (helpers mode) and result.domain_xml (the plugin emits it as an entry of its own)."""
-        if not guest.domain:
+        (helpers mode) and result.domain_xml (the plugin emits it as an entry of its own).
+        A Proxmox VM's is its qemu-server config file."""
+        if guest.vmid:
+            source = proxmox.config_path(self.cfg, guest.vmid)
+            what = f"the config of VM {guest.vmid} ({source})"
+            result.domain_xml, reason = proxmox.config_text(source)
+            suffix = quiesce.PVE_CONFIG_SUFFIX
+            if not result.domain_xml:
+                result.notes.append(f"{what} could not be read ({reason}): not in this backup")
+                return
+        elif guest.domain:
+            what = f"the definition of domain {guest.domain}"
+            known = self._domains.get(guest.domain)
+            result.domain_xml = self.quiescer.definition(guest.domain, known.xml if known else "")
+            suffix = self.quiescer.definition_suffix
+            if not result.domain_xml:
+                result.notes.append(f"{what} could not be read: not in this backup")
+                return
+        else:
             return
-        known = self._domains.get(guest.domain)
-        result.domain_xml = self.quiescer.definition(guest.domain, known.xml if known else "")
-        if not result.domain_xml:
-            result.notes.append(f"the definition of domain {guest.domain} could not be read: not in this backup")
-            return
-        path = quiesce.domain_xml_path(guest.disks[0].mount_path, self.quiescer.definition_suffix)
+        path = quiesce.domain_xml_path(guest.disks[0].mount_path, suffix)
         if commands.is_dry_run():
-            commands._dry_run["printer"](f"would write the definition of domain {guest.domain} to {path}")
+            commands.say(f"would write {what} to {path}")
             return
         try:
             mount.make_dirs(os.path.dirname(path), self.cfg.mount_root)
@@ -544,60 +656,78 @@ class Runner:
         result.domain_xml_path = path
 
     def _print_plan(self, guest):
+        """Dry-run: each disk's steps, printed by the very calls that run them (commands.run
+        prints instead of running), with placeholders for what only the snapshot would tell."""
         for disk in guest.disks:
-            printer = commands._dry_run["printer"]
-            printer(f"would run: losetup --find --show --offset <offset> --sizelimit <size> {disk.snapshot_path}")
-            printer("would run: e2fsck -p -E journal_only <loop device>")
-            printer(f"would run: mount -t <ext3|ext4> -o {mount.MOUNT_OPTIONS} <loop device> {disk.mount_path}")
+            device = loop.attach(disk.snapshot_path, "<offset>", "<size>")
+            fsck.plan(device)
+            mount.mount(device, disk.mount_path, "<ext3|ext4>")
+            if "xfs" in self.cfg.filesystems:
+                commands.say("for xfs instead of e2fsck and that mount:")
+                xfs.replay(device, disk.mount_path)
+                xfs.mount_read_only(device, disk.mount_path)
 
-    def _mount_disk(self, guest, disk):
+    def _mount_disk(self, guest, disk, more_disks=False):
         result = DiskResult(disk)
         snapshot = disk.snapshot_path
         try:
-            probed = partitions.probe_isolated(snapshot)
+            probed = self._probe(snapshot, warm_next=more_disks)
         except ProbeError as exc:
             raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
+        mode = self.cfg.for_disk(guest, disk, "guest_lvm")
+        partition = self.cfg.for_disk(guest, disk, "partition")
+        pv = guestlvm.find_pv(probed, snapshot, partition) if mode != "no" else None
+        if pv is not None and mode == "yes":
+            return guestlvm.bring_up(guest, disk, snapshot, pv, result, self.cfg)
         try:
-            choice = partitions.choose(probed, self.cfg.for_disk(guest, disk, "partition"), self.cfg.filesystems)
+            choice = partitions.choose(probed, partition, self.cfg.filesystems)
         except ProbeError as exc:
+            if pv is not None:  # guest_lvm = auto: the guest's VG when no ext partition is chosen
+                return guestlvm.bring_up(guest, disk, snapshot, pv, result, self.cfg)
             if partitions.only_swap(probed):
                 result.note = "holds only swap"
                 return result
             raise GuestError(guest.name, "partition", f"{disk.key}: {exc.message}", exc.hint) from None
+        if pv is not None:
+            result.inner_note = (f"{disk.key} also holds an LVM PV ({pv.where(disk.key)}): its guest VG is not "
+                                 f"backed up (set guest_lvm = yes for this guest to mount its root LV instead)")
         result.choice = choice
-        superblock = fsck.read_superblock(snapshot, choice.offset)
+        kind = filesystems.kind(choice.fs)
+        if kind is None:
+            raise GuestError(guest.name, "partition", f"{disk.key}: {choice.describe()}: not a filesystem this "
+                             f"tool can replay and mount", f"filesystems takes {', '.join(filesystems.SUPPORTED)}")
+        superblock = filesystems.read_superblock(snapshot, choice.offset, choice.fs)
         if superblock is None:
-            raise GuestError(guest.name, "partition", f"{disk.key}: no ext superblock at byte {choice.offset}",
+            name = "ext" if kind is filesystems.EXT else choice.fs
+            raise GuestError(guest.name, "partition", f"{disk.key}: no {name} superblock at byte {choice.offset}",
                              "the partition table points elsewhere than the filesystem; set partition=N")
-        # Before any e2fsck or mount: both would open the journal's device, not the snapshot.
-        refused = fsck.refusal(superblock, choice.where(disk.key))
+        # Before any replay or mount: both would open the journal's (log's) device, not the snapshot.
+        refused = filesystems.refusal(superblock, choice.where(disk.key))
         if refused:
-            raise GuestError(guest.name, "journal check", *refused)
+            raise GuestError(guest.name, kind.check_step, *refused)
         if superblock.size > choice.size:
             raise GuestError(
                 guest.name, "partition",
                 f"{disk.key}: the {superblock.fs} filesystem claims {superblock.size} bytes but its partition "
-                f"holds {choice.size}: the partition table or the filesystem is damaged",
-                "repair it inside the guest (resize2fs or fix the partition); not backed up")
+                f"holds {choice.size}: the partition table or the filesystem is damaged", kind.resize_hint)
         try:
             result.loop = loop.attach(snapshot, choice.offset, choice.size, choice.sector_size)
         except CommandError as exc:
             raise GuestError(guest.name, "loop device", exc.summary(),
                              "check for free loop devices (losetup --list) and that the loop module is loaded") from None
         try:
-            result.journal = fsck.replay(result.loop)
+            # before the replay: XFS replays its log by a mount there
+            mount.make_dirs(disk.mount_path, self.cfg.mount_root)
+        except OSError as exc:
+            raise GuestError(guest.name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
+        try:
+            result.journal = kind.replay(result.loop, disk.mount_path, self.cfg.busy_retries)
         except ProbeError as exc:
             raise GuestError(guest.name, "journal check", exc.message, exc.hint) from None
         except CommandError as exc:
-            raise GuestError(
-                guest.name, "journal replay", exc.summary(),
-                "e2fsck could not repair the snapshot's filesystem; check the guest's filesystem from inside "
-                "the guest (never fsck the running guest's LV from the host)") from None
+            raise GuestError(guest.name, kind.replay_step, exc.summary(), kind.replay_hint) from None
         try:
-            mount.make_dirs(disk.mount_path, self.cfg.mount_root)
-            mount.mount(result.loop, disk.mount_path, superblock.fs)
-        except OSError as exc:
-            raise GuestError(guest.name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
+            kind.mount(result.loop, disk.mount_path, superblock.fs)
         except CommandError as exc:
             raise GuestError(guest.name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
         result.mounted = True
@@ -637,33 +767,8 @@ class Runner:
         return [self._teardown_guest(guest, state, held, stale) for guest in guests]
 
     def held(self, state):
-        """(vg, lv) of guest disks this runner must leave alone -> the snapshot's owner.
-
-        From the system alone: our snapshots carrying a protected owner tag, and mounts under the
-        mount root on a loop device over such a snapshot (so a mount counts as held even when the
-        snapshot's own name does not match its path).
-        """
-        if not self.leave_alone:
-            return {}
-        held, by_rdev = {}, {}
-        for snapshot in state.snapshots.values():
-            if snapshot.owner in self.leave_alone:
-                held[(snapshot.vg, lvm.origin_name(snapshot))] = snapshot.owner
-                if snapshot.major is not None:
-                    by_rdev[(snapshot.major, snapshot.minor)] = snapshot
-        if not held:
-            return held
-        held_loops = {}
-        for device in state.loops:
-            snapshot = by_rdev.get(device.backing_rdev())
-            if snapshot is not None:
-                held_loops[device.name] = snapshot
-        for target, source in state.mounts:
-            snapshot = held_loops.get(source)
-            key = self._disk_of_mount(target)
-            if snapshot is not None and key is not None:
-                held[key] = snapshot.owner
-        return held
+        """(vg, lv) of guest disks this runner must leave alone -> the snapshot's owner (ownership.py)."""
+        return ownership.held_disks(state, self.leave_alone, self._disk_of_mount)
 
     def _disk_of_mount(self, target):
         """(vg, lv) for a mount at or below <mount_root>/<vg>/<lv>, else None."""
@@ -686,16 +791,17 @@ class Runner:
         result = GuestResult(guest, "unmount")
         owners = [held[(d.vg, d.lv)] for d in guest.disks if (d.vg, d.lv) in held]
         if owners:
-            # Not ours to touch (see LEAVE_ALONE): nothing of this guest is torn down.
-            result.status = "held"
+            # Not ours to touch (see ownership.LEAVE_ALONE): nothing of this guest is torn down.
+            result.status = Status.HELD
             result.held_by = owners[0]
-            result.notes.append(held_message(guest.name, owners[0]))
+            result.notes.append(ownership.held_message(guest.name, owners[0]))
             return result
         ours, foreign = state.split_mounts()
         for disk in guest.disks:
             disk_result = DiskResult(disk)
             result.disks.append(disk_result)
-            snapshot = state.snapshots.get(f"{disk.vg}/{disk.snapshot_name}")
+            # by tag and origin, whichever naming made them (a host switched to Proxmox naming)
+            snapshots = state.snapshots_of(disk.vg, disk.lv)
             step = "unmount"
             try:
                 for target, source in foreign:
@@ -705,12 +811,15 @@ class Runner:
                 for target, _source in ours:
                     if target == disk.mount_path or target.startswith(disk.mount_path + os.sep):
                         mount.unmount(target, self.cfg.busy_retries)
-                step = "loop detach"
-                if snapshot is not None and snapshot.major is not None:
-                    for device in state.loops:
-                        if device.backing_rdev() == (snapshot.major, snapshot.minor):
-                            loop.detach(device.name, self.cfg.busy_retries)
-                if snapshot is not None:
+                for snapshot in snapshots:
+                    if snapshot.major is not None:
+                        mine = [d.name for d in state.loops if d.backing_rdev() == (snapshot.major, snapshot.minor)]
+                        step = "guest VG deactivation"
+                        for name in mine:
+                            guestlvm.deactivate(name, self.cfg.busy_retries)  # LVM inside the guest, if active
+                        step = "loop detach"
+                        for name in mine:
+                            loop.detach(name, self.cfg.busy_retries)
                     disk_result.peak_percent = snapshot.snap_percent
                     if snapshot.is_classic_snapshot and snapshot.invalid and stale:
                         result.notes.append(
@@ -747,13 +856,12 @@ class Runner:
     def _remove_files(self, mount_path):
         """The saved domain definition next to a torn-down mount, and its now empty directories."""
         if commands.is_dry_run():
-            printer = commands._dry_run["printer"]
             for suffix in quiesce.DEFINITION_SUFFIXES:
                 xml = quiesce.domain_xml_path(mount_path, suffix)
                 if os.path.isfile(xml) and not os.path.islink(xml):
-                    printer(f"would remove {xml}")
+                    commands.say(f"would remove {xml}")
             if os.path.isdir(mount_path) and not os.path.islink(mount_path):
-                printer(f"would remove the directory {mount_path} (if empty)")
+                commands.say(f"would remove the directory {mount_path} (if empty)")
             return
         quiesce.remove_domain_xml(mount_path)
         mount.remove_empty_dirs(mount_path, self.cfg.mount_root)
@@ -791,7 +899,7 @@ class Runner:
             self.log("warning", f"{target} is mounted under the mount root but is not ours (not a loop device "
                                 f"over one of our snapshots): not touched")
         results = self.teardown(guests, state)
-        keep = {os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == "held"}
+        keep = {os.path.normpath(r.guest.disks[0].mount_path) for r in results if r.status == Status.HELD}
         if selected_only:
             # what the selection does not cover keeps its files (a mounted guest's domain definition)
             everything, _ = self.leftovers(state)

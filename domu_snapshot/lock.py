@@ -45,9 +45,11 @@ class RunLock:
                 f"Remove it, or set lock_file to a path in a root-only directory")
         return fd
 
-    def acquire(self, on_wait=None):
-        """Take the lock, waiting up to `timeout` seconds. `on_wait(holder_pid)` is called once
-        when the lock is found busy (a caller that must say why it waits, e.g. a Bareos job)."""
+    def acquire(self, on_wait=None, note="", stop=None):
+        """Take the lock, waiting up to `timeout` seconds. `on_wait(holder_pid, holder_note)` is
+        called once when the lock is found busy (a caller that must say why it waits, e.g. a
+        Bareos job). `note` (one line, e.g. "Bareos job 12 (nightly)") is written under our pid
+        so that a waiter can name us; `stop()` true ends the wait early (a canceled job)."""
         dir_fd = self._open_directory()
         name = os.path.basename(self.path)
         try:
@@ -71,19 +73,23 @@ class RunLock:
                     os.close(fd)
                     raise self._refuse(exc.strerror) from None
                 if on_wait is not None:
-                    on_wait(_read_pid(fd))
+                    on_wait(*_read_holder(fd))
                     on_wait = None
-                if time.monotonic() >= deadline:
-                    holder = _read_pid(fd)
+                stopped = stop is not None and stop()
+                if stopped or time.monotonic() >= deadline:
+                    pid, held_by = _read_holder(fd)
                     os.close(fd)
-                    who = (f"another job of this process (pid {holder})" if holder == str(os.getpid())
-                           else f"another domu-snapshot run (pid {holder or 'unknown'})")
+                    who = describe_holder(pid, held_by)
+                    if stopped:
+                        raise LockBusy(f"stopped while waiting for the run lock {self.path} ({who} holds it)")
                     raise LockBusy(
                         f"{who} holds {self.path}; waited {self.timeout:.0f} s. Wait for it to "
                         f"finish, or check that pid")
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        note = " ".join(str(note).split())[:200]
+        os.pwrite(fd, f"{os.getpid()}\n{note}\n".encode("ascii", "replace") if note
+                  else f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
         return self
 
@@ -93,7 +99,7 @@ class RunLock:
         except OSError:
             return ""
         try:
-            return _read_pid(fd)
+            return _read_holder(fd)[0]
         finally:
             os.close(fd)
 
@@ -111,6 +117,19 @@ class RunLock:
         self.release()
 
 
-def _read_pid(fd):
-    text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    return text if text.isdigit() else ""
+def _read_holder(fd):
+    """(pid, note) of the holder, as it wrote them: "" for what is missing or not well-formed."""
+    lines = os.pread(fd, 256, 0).decode("ascii", "replace").split("\n")
+    pid = lines[0].strip()
+    if not pid.isdigit():
+        return "", ""
+    note = lines[1].strip() if len(lines) > 2 else ""   # complete lines only
+    return pid, "".join(ch if ch.isprintable() else "?" for ch in note)
+
+
+def describe_holder(pid, note=""):
+    """Who holds the lock, for a message: a job of this very process, or another run."""
+    what = f"pid {pid or 'unknown'}" + (f": {note}" if note else "")
+    if pid == str(os.getpid()):
+        return f"another job of this process ({what})"
+    return f"another domu-snapshot run ({what})"

@@ -13,6 +13,11 @@ from . import commands
 
 TAG = "domu_snapshot"
 SUFFIX = "-dsnap"
+# Proxmox VE hosts (naming "prefix"): its LVM storages take every LV matching ^(vm|base)-(\d+)-
+# for a volume of that VM, so `vm-100-disk-0-dsnap` would show up as a disk of VM 100. No
+# Proxmox storage takes `dsnap-...` (LVM-thin's own snapshots are `snap_<volume>_<name>`).
+PREFIX = "dsnap-"
+NAMINGS = ("suffix", "prefix")
 # Who made a snapshot: a second tag next to TAG. The plugin holds the run lock for its whole job,
 # so a plugin-made snapshot found by a holder of the lock is from a dead job. `domu-snapshot mount`
 # (helpers mode) keeps its snapshot until `domu-snapshot unmount` while no process holds anything,
@@ -245,18 +250,30 @@ def dm_name(vg, lv):
     return vg.replace("-", "--") + "-" + lv.replace("-", "--")
 
 
-def snapshot_name(origin):
+def snapshot_name(origin, naming="suffix"):
+    """Our snapshot's name for LV `origin`: `<origin>-dsnap`, or `dsnap-<origin>` (Proxmox VE)."""
+    if naming == "prefix":
+        return PREFIX + origin
     return origin + SUFFIX
+
+
+def named_origin(name):
+    """The origin an LV of this name would be our snapshot of (either naming), or ""."""
+    if name.endswith(SUFFIX) and len(name) > len(SUFFIX):
+        return name[: -len(SUFFIX)]
+    if name.startswith(PREFIX) and len(name) > len(PREFIX):
+        return name[len(PREFIX):]
+    return ""
 
 
 def origin_name(snapshot):
     """The origin LV's name of one of our snapshots (from LVM, else from our naming)."""
-    return snapshot.origin or snapshot.name[: -len(SUFFIX)]
+    return snapshot.origin or named_origin(snapshot.name)
 
 
-def check_snapshot_name(vg, origin):
+def check_snapshot_name(vg, origin, naming="suffix"):
     """Return None if the snapshot of vg/origin can be named within LVM's and dm's limits, else why not."""
-    name = snapshot_name(origin)
+    name = snapshot_name(origin, naming)
     if len(name) > LV_NAME_MAX:
         return f"snapshot name {name!r} would be {len(name)} characters; LVM allows {LV_NAME_MAX}"
     for lv, suffix in ((name, "-cow"), (origin, "-real"), (name, "")):
@@ -307,12 +324,12 @@ def snapshot_extents(origin, spec):
     return max(1, math.ceil(wanted / origin.extent_size))
 
 
-def create_snapshot(origin, spec, chunk_size="", owner=""):
+def create_snapshot(origin, spec, chunk_size="", owner="", naming="suffix"):
     """lvcreate a tagged snapshot of `origin`; thin origins get a thin snapshot (no size, -K).
     `owner` ("cli", "plugin" or "") adds the owner tag (see OWNER_TAGS)."""
     if owner and owner not in OWNER_TAGS:
         raise ValueError(f"unknown snapshot owner {owner!r} (known: {', '.join(OWNER_TAGS)})")
-    name = snapshot_name(origin.name)
+    name = snapshot_name(origin.name, naming)
     argv = ["lvcreate", "--snapshot", "--name", name, "--addtag", TAG]
     if owner:
         argv += ["--addtag", OWNER_TAGS[owner]]

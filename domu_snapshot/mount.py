@@ -9,8 +9,8 @@ from . import commands
 MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
 
 
-def mount(device, target, fstype):
-    commands.run(["mount", "-t", fstype, "-o", MOUNT_OPTIONS, device, target], changes_system=True)
+def mount(device, target, fstype, options=MOUNT_OPTIONS):
+    commands.run(["mount", "-t", fstype, "-o", options, device, target], changes_system=True)
 
 
 def unmount(target, retries=5):

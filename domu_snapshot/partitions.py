@@ -199,23 +199,90 @@ def probe_isolated(path, timeout=60):
                               env=commands.child_environment(), cwd="/", start_new_session=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise ProbeError(f"reading the partition table of {path} took more than {timeout} s",
-                         "the table may be malformed; choose the partition with partition=N or exclude the guest") from None
+        raise _too_slow(path, timeout) from None
     except OSError as exc:
-        raise ProbeError(f"the partition-table reader could not start ({exc})",
-                         "set DOMU_SNAPSHOT_PROBE_PYTHON to a python3 with pyparted") from None
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
+        raise _not_started(exc) from None
+    return _probe_output(path, proc.returncode, proc.stdout, proc.stderr)
+
+
+def _too_slow(path, timeout):
+    return ProbeError(f"reading the partition table of {path} took more than {timeout} s",
+                      "the table may be malformed; choose the partition with partition=N or exclude the guest")
+
+
+def _not_started(exc):
+    return ProbeError(f"the partition-table reader could not start ({exc})",
+                      "set DOMU_SNAPSHOT_PROBE_PYTHON to a python3 with pyparted")
+
+
+def _probe_output(path, returncode, stdout, stderr):
+    """The probe's description from a finished child, or the ProbeError its end says."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
         raise ProbeError(f"the partition-table reader crashed ({name}) on {path}: the table is malformed",
                          "inspect the disk by hand; the backup of this guest was not made")
-    if proc.returncode != 0:
-        detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+    if returncode != 0:
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {returncode}"
         raise ProbeError(f"reading the partition table of {path} failed: {detail}",
                          "check that pyparted is installed for this Python")
     try:
-        return json.loads(proc.stdout)
+        return json.loads(stdout)
     except ValueError:
         raise ProbeError(f"the partition-table reader gave unreadable output for {path}") from None
+
+
+# The same child, started before its device exists: it loads Python, this module and libparted
+# while the snapshot is being made, then reads the device path from stdin and probes it once.
+# A crash still takes only that child; each probe gets a fresh one.
+_WARM_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from domu_snapshot.partitions import main; "
+               "import parted; path = sys.stdin.readline().rstrip('\\n'); sys.exit(main([path]))")
+
+
+class ProbeChild:
+    """A probe child started ahead of its device (see _WARM_CHILD); one probe, then it is done."""
+
+    def __init__(self):
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self._proc = None
+        try:
+            self._proc = subprocess.Popen([_python(), "-I", "-c", _WARM_CHILD, package_parent],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, errors="replace", env=commands.child_environment(), cwd="/",
+                                          start_new_session=True, close_fds=True)
+        except OSError:
+            self._proc = None  # probe() falls back to a child of its own, which reports the error
+
+    def probe(self, path, timeout=60):
+        """`probe(path)` in this child; ProbeError as probe_isolated raises them."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            self._reap(proc)
+            return probe_isolated(path, timeout)  # never started, or died waiting: a fresh one
+        try:
+            stdout, stderr = proc.communicate(path + "\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._reap(proc)
+            raise _too_slow(path, timeout) from None
+        except BrokenPipeError:
+            self._reap(proc)
+            return probe_isolated(path, timeout)
+        return _probe_output(path, proc.returncode, stdout, stderr)
+
+    def close(self):
+        """End an unused child (it is waiting for a path that will not come)."""
+        proc, self._proc = self._proc, None
+        self._reap(proc)
+
+    @staticmethod
+    def _reap(proc):
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.communicate(timeout=10)
+        except (subprocess.TimeoutExpired, ValueError, OSError):
+            pass
 
 
 @dataclasses.dataclass
@@ -246,7 +313,8 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
 
     `partition`: "auto" (first partition, by number, whose filesystem is one of
     `filesystems`), "whole" or "0" (the filesystem covers the whole device, no table: `list`
-    shows such a guest's partition as 0) or a partition number (1 and up).
+    shows such a guest's partition as 0) or a partition number (1 and up); these two take any
+    ext2/3/4 filesystem, and a filesystem of `filesystems` (xfs).
     """
     if not isinstance(probed, dict):
         raise ProbeError("the partition-table reader returned nothing usable")
@@ -258,7 +326,8 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
         raise ProbeError(probed["error"], "see dmesg for the device's errors; the backup of this guest was not made")
     if probed.get("error"):
         raise ProbeError(f"no partition table or filesystem recognised: {probed['error']}",
-                         "if the guest uses a filesystem this tool cannot read (LUKS, LVM inside, XFS...), exclude it")
+                         "if the guest uses a filesystem this tool cannot read (LUKS, LVM inside...), exclude it "
+                         "(XFS is read with filesystems = xfs)")
     label = probed.get("label") or "unknown"
     raw = probed.get("partitions") or []
     parts = []
@@ -284,17 +353,20 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
         number = 0 if whole else p["number"]
         return Choice(number, p.get("fs"), p["start"] * sector, p["length"] * sector, label, sector)
 
+    # A partition named by number may hold any ext (as before) or any filesystem selected.
+    named_ok = EXT_TYPES + tuple(fs for fs in filesystems if fs not in EXT_TYPES)
     if str(partition) in ("whole", "0"):
-        if whole and parts and parts[0].get("fs") in EXT_TYPES:
+        if whole and parts and parts[0].get("fs") in named_ok:
             return to_choice(parts[0])
         raise ProbeError(f"partition=whole, but the disk holds a {label} table, not a filesystem")
     if str(partition).isdigit():
         wanted = int(partition)
         for p in parts:
             if p["number"] == wanted and p.get("kind") != "extended":
-                if p.get("fs") not in EXT_TYPES:
-                    raise ProbeError(f"partition {wanted} holds {p.get('fs') or 'no recognised filesystem'}, not ext2/3/4",
-                                     f"partitions found: {_listing(parts)}")
+                if p.get("fs") not in named_ok:
+                    accepted = "ext2/3/4" + "".join(f" or {fs}" for fs in named_ok[len(EXT_TYPES):])
+                    raise ProbeError(f"partition {wanted} holds {p.get('fs') or 'no recognised filesystem'}, "
+                                     f"not {accepted}", f"partitions found: {_listing(parts)}")
                 return to_choice(p)
         raise ProbeError(f"partition {wanted} does not exist ({label} table; partitions found: {_listing(parts)})")
     for p in parts:

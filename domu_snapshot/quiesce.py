@@ -278,7 +278,8 @@ def map_domains(conn, lvs, log=None):
 # and a restore of the guest's files brings its definition along.
 DOMAIN_XML_SUFFIX = ".domain.xml"
 XL_CONFIG_SUFFIX = ".xl.json"  # an xl domain's `xl list -l` entry (xl.py)
-DEFINITION_SUFFIXES = (DOMAIN_XML_SUFFIX, XL_CONFIG_SUFFIX)
+PVE_CONFIG_SUFFIX = ".qemu-server.conf"  # a Proxmox VM's /etc/pve/qemu-server/<vmid>.conf (proxmox.py)
+DEFINITION_SUFFIXES = (DOMAIN_XML_SUFFIX, XL_CONFIG_SUFFIX, PVE_CONFIG_SUFFIX)
 
 
 def domain_xml_path(mount_path, suffix=DOMAIN_XML_SUFFIX):
@@ -331,6 +332,12 @@ def remove_stale_domain_xml(vg_dir, keep=()):
 
 
 # ---------------------------------------------------------------- quiescing
+
+def not_possible(guest, level, reason, hint=""):
+    """The error of a quiesce level that was asked for and cannot be had (on any host kind)."""
+    hint = hint or f"fix that, or set quiesce = auto or none for this guest ([guest {guest}])"
+    return GuestError(guest, "quiesce", f"quiesce={level} not possible: {reason}", hint)
+
 
 @dataclasses.dataclass
 class QuiesceResult:
@@ -471,9 +478,7 @@ class Quiescer:
         """Context manager around the guest's snapshots; yields the QuiesceResult it fills in."""
         return _Hold(self, guest, getattr(domain, "name", domain), level)
 
-    def _fail(self, guest, level, reason, hint=""):
-        hint = hint or f"fix that, or set quiesce = auto or none for this guest ([guest {guest}])"
-        return GuestError(guest, "quiesce", f"quiesce={level} not possible: {reason}", hint)
+    _fail = staticmethod(not_possible)
 
 
 def _classify(state):
@@ -493,7 +498,104 @@ class _NoAnswer(Exception):
 ENGAGE_GRACE = 5.0
 
 
-class _Hold:
+class HoldBase:
+    """What every guest hold (libvirt, Proxmox, xl) does alike: choose a level, engage it under a
+    watchdog, release the guest on every path (also during a second interrupt), report a failed
+    release. A subclass sets `guest`, `result`, `window`, `log` and `held` (what is held, for
+    messages) and provides `_plan()`, `_sync()`, `_engage(level)` and `_release(why)`."""
+
+    _watchdog = None  # a thread that ends once the hold is done, or a threading.Timer
+    _started = None  # monotonic time of the freeze/pause
+    _release_error = None
+
+    def __enter__(self):
+        level = self._plan()  # a level, or "suspend-kept": paused by someone else, left so
+        res = self.result
+        if level in ("none", "suspend-kept"):
+            res.level = "suspend" if level == "suspend-kept" else "none"
+            return res
+        if level == "sync":
+            self._sync()
+            return res
+        self._engage_or_release(level)
+        return res
+
+    def __exit__(self, exc_type, exc, tb):
+        pending = self._finish()
+        if pending is not None:
+            raise pending
+        if self._release_error is not None:
+            if exc_type is not None and not issubclass(exc_type, Exception):
+                return False  # KeyboardInterrupt/SystemExit go on; the release error was logged
+            if exc is not None:
+                self._release_error.message += f" (after the snapshot step failed: {exc})"
+            raise self._release_error from exc
+        return False
+
+    def _engage_or_release(self, level):
+        """_engage(level) (freeze or pause) inside __enter__: `with` does not call __exit__ when
+        __enter__ raises, so an interrupt right after the freeze returned is released here."""
+        try:
+            self._engage(level)
+        except BaseException:
+            pending = self._finish()
+            if pending is not None:
+                raise pending
+            raise
+
+    def _finish(self):
+        """Stop the watchdog and release the guest; returns an interrupt that came meanwhile."""
+        self._stop_watchdog()
+        pending = None
+        # A second Ctrl-C or SIGTERM during the release must not leave the guest
+        # held: finish releasing (idempotent), then honour the interrupt.
+        for _ in range(3):
+            try:
+                self._release("done")
+                break
+            except (KeyboardInterrupt, SystemExit) as interrupt:
+                pending = interrupt
+        if isinstance(self._watchdog, threading.Thread) and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=60)
+        return pending
+
+    def _watch(self):
+        """The watchdog thread: releases the guest when the snapshots overrun the window."""
+        if not self._done.wait(self.window):
+            self._overrun()
+
+    def _overrun(self):
+        self.result.overrun = self.result.degraded = True
+        self.log("warning", f"{self.guest}: snapshots took longer than the {self.window:g} s quiesce window; "
+                            f"releasing {self.held} now (its snapshots are crash-consistent)")
+        self._release("watchdog")
+
+    def _stop_watchdog(self):
+        if isinstance(self._watchdog, threading.Timer):
+            self._watchdog.cancel()
+        done = getattr(self, "_done", None)  # the Event a watchdog thread waits on
+        if done is not None:
+            done.set()
+
+    def _retried(self, release, errors):
+        """release() up to RELEASE_ATTEMPTS times (an agent or daemon may answer late); the last
+        error of type `errors`, or None. Records how long the guest was held."""
+        error = None
+        for attempt in range(RELEASE_ATTEMPTS):
+            try:
+                release()
+                error = None
+                break
+            except errors as exc:
+                error = exc
+                if attempt + 1 < RELEASE_ATTEMPTS:
+                    time.sleep(RELEASE_DELAY)
+        if self._started is not None:
+            self.result.freeze_ms = round((time.monotonic() - self._started) * 1000.0, 1)
+        return error
+
+
+class _Hold(HoldBase):
     """One guest held still: chooses the level, engages it, watches the window, always releases."""
 
     def __init__(self, quiescer, guest, domain_name, level):
@@ -502,14 +604,12 @@ class _Hold:
         self.q = quiescer
         self.guest = guest
         self.domain_name = domain_name
+        self.window, self.log, self.held = quiescer.window, quiescer.log, f"domain {domain_name}"
         self.result = QuiesceResult(requested=level)
         self._dom = None
         self._release_fn = None  # thaw or resume, while we hold the guest
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._watchdog = None
-        self._started = None
-        self._release_error = None
 
     # -- choosing a level
     def _plan(self):
@@ -573,54 +673,6 @@ class _Hold:
         return requested  # suspend or sync on a running domain
 
     # -- context manager
-    def __enter__(self):
-        level = self._plan()
-        res = self.result
-        if level in ("none", "suspend-kept"):
-            res.level = "suspend" if level == "suspend-kept" else "none"
-            return res
-        if level == "sync":
-            self._sync()
-            return res
-        try:
-            self._engage(level)
-        except BaseException:
-            # An interrupt right after the freeze returned: `with` does not call
-            # __exit__ when __enter__ raises, so release here.
-            pending = self._finish()
-            if pending is not None:
-                raise pending
-            raise
-        return res
-
-    def __exit__(self, exc_type, exc, tb):
-        pending = self._finish()
-        if pending is not None:
-            raise pending
-        if self._release_error is not None:
-            if exc_type is not None and not issubclass(exc_type, Exception):
-                return False  # KeyboardInterrupt/SystemExit go on; the release error was logged
-            if exc is not None:
-                self._release_error.message += f" (after the snapshot step failed: {exc})"
-            raise self._release_error from exc
-        return False
-
-    def _finish(self):
-        """Stop the watchdog and release the guest; returns an interrupt that came meanwhile."""
-        self._done.set()
-        pending = None
-        # A second Ctrl-C or SIGTERM during the release must not leave the guest
-        # held: finish releasing (idempotent), then honour the interrupt.
-        for _ in range(3):
-            try:
-                self._release("done")
-                break
-            except (KeyboardInterrupt, SystemExit) as interrupt:
-                pending = interrupt
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=60)
-        return pending
-
     # -- sync
     def _sync(self):
         lv = _libvirt()
@@ -726,13 +778,6 @@ class _Hold:
             # libvirt-python builds each later error's message from the thread's last error
             getattr(lv, "virResetLastError", lambda: None)()
 
-    def _watch(self):
-        if not self._done.wait(self.q.window):
-            self.result.overrun = self.result.degraded = True
-            self.q.log("warning", f"{self.guest}: snapshots took longer than the {self.q.window:g} s quiesce "
-                                  f"window; releasing the guest now (its snapshots are crash-consistent)")
-            self._release("watchdog")
-
     def _release(self, why, force=False):
         with self._lock:
             release = self._release_fn
@@ -740,18 +785,7 @@ class _Hold:
                 return
             self._release_fn = None
             release = release or (self._thaw if self.result.level == "agent" else self._resume)
-            error = None
-            for attempt in range(RELEASE_ATTEMPTS):
-                try:
-                    release()
-                    error = None
-                    break
-                except Exception as exc:  # noqa: BLE001 -- any failure is retried, then reported
-                    error = exc
-                    if attempt + 1 < RELEASE_ATTEMPTS:
-                        time.sleep(RELEASE_DELAY)
-            if self._started is not None:
-                self.result.freeze_ms = round((time.monotonic() - self._started) * 1000.0, 1)
+            error = self._retried(release, Exception)  # any failure is retried, then reported
             if error is not None:
                 action = "fsThaw" if release == self._thaw else "resume"
                 command = "domfsthaw" if action == "fsThaw" else "resume"

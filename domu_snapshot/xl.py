@@ -182,12 +182,10 @@ class XlQuiescer:
     def hold(self, guest, domain, level):
         return _XlHold(self, guest, getattr(domain, "name", domain), level)
 
-    def fail(self, guest, level, reason, hint=""):
-        hint = hint or f"fix that, or set quiesce = auto or none for this guest ([guest {guest}])"
-        return GuestError(guest, "quiesce", f"quiesce={level} not possible: {reason}", hint)
+    fail = staticmethod(quiesce.not_possible)
 
 
-class _XlHold:
+class _XlHold(quiesce.HoldBase):
     """One xl domain held still around its snapshots: paused (and always unpaused) or synced."""
 
     def __init__(self, quiescer, guest, domain_name, level):
@@ -196,12 +194,10 @@ class _XlHold:
         self.q = quiescer
         self.guest = guest
         self.domain = domain_name
+        self.window, self.log, self.held = quiescer.window, quiescer.log, f"domain {domain_name} (unpausing it)"
         self.result = quiesce.QuiesceResult(requested=level)
         self._paused_by_us = False
         self._lock = threading.Lock()
-        self._timer = None
-        self._started = None
-        self._release_error = None
 
     def _plan(self):
         requested, res, q = self.result.requested, self.result, self.q
@@ -236,34 +232,6 @@ class _XlHold:
                          f"unpause it, or set quiesce = suspend or none for this guest ([guest {self.guest}])")
         return requested
 
-    def __enter__(self):
-        level = self._plan()
-        res = self.result
-        if level in ("none", "suspend-kept"):
-            res.level = "suspend" if level == "suspend-kept" else "none"
-            return res
-        if level == "sync":
-            self._sync()
-            return res
-        try:
-            self._pause()
-        except BaseException:
-            self._finish()
-            raise
-        return res
-
-    def __exit__(self, exc_type, exc, tb):
-        pending = self._finish()
-        if pending is not None:
-            raise pending
-        if self._release_error is not None:
-            if exc_type is not None and not issubclass(exc_type, Exception):
-                return False
-            if exc is not None:
-                self._release_error.message += f" (after the snapshot step failed: {exc})"
-            raise self._release_error from exc
-        return False
-
     def _sync(self):
         try:
             commands.run([self.q.xl, "sysrq", self.domain, "s"], timeout=XL_TIMEOUT)
@@ -273,12 +241,13 @@ class _XlHold:
         self.result.note = "SysRq-S sent (needs kernel.sysrq with sync enabled in the guest)"
         time.sleep(quiesce.SYNC_SETTLE_SECONDS)
 
-    def _pause(self):
+    def _engage(self, _level):
+        """xl pause (the only level xl holds a domain with)."""
         # The watchdog starts before the pause: a pause that itself takes the whole window is
         # bounded too, and released as soon as it returns.
-        self._timer = threading.Timer(self.q.window, self._overrun)
-        self._timer.daemon = True
-        self._timer.start()
+        self._watchdog = threading.Timer(self.q.window, self._overrun)
+        self._watchdog.daemon = True
+        self._watchdog.start()
         self._started = time.monotonic()
         try:
             commands.run([self.q.xl, "pause", self.domain], timeout=min(XL_TIMEOUT, self.q.window + quiesce.ENGAGE_GRACE))
@@ -295,42 +264,13 @@ class _XlHold:
         if self.result.overrun:
             self._release("late pause")
 
-    def _overrun(self):
-        self.result.overrun = self.result.degraded = True
-        self.q.log("warning", f"{self.guest}: snapshots took longer than the {self.q.window:g} s quiesce window; "
-                              f"unpausing domain {self.domain} now (its snapshots are crash-consistent)")
-        self._release("watchdog")
-
-    def _finish(self):
-        """Stop the watchdog and unpause; returns an interrupt that came meanwhile."""
-        if self._timer is not None:
-            self._timer.cancel()
-        pending = None
-        for _ in range(3):
-            try:
-                self._release("done")
-                break
-            except (KeyboardInterrupt, SystemExit) as interrupt:
-                pending = interrupt
-        return pending
-
     def _release(self, why):
         with self._lock:
             if not self._paused_by_us:
                 return
-            error = None
-            for attempt in range(quiesce.RELEASE_ATTEMPTS):
-                try:
-                    commands.run([self.q.xl, "unpause", self.domain], timeout=XL_TIMEOUT)
-                    error = None
-                    break
-                except CommandError as exc:
-                    error = exc
-                    if attempt + 1 < quiesce.RELEASE_ATTEMPTS:
-                        time.sleep(quiesce.RELEASE_DELAY)
+            error = self._retried(lambda: commands.run([self.q.xl, "unpause", self.domain], timeout=XL_TIMEOUT),
+                                  CommandError)
             self._paused_by_us = error is not None and "p" in domain_flags(self.q.xl, self.domain)
-            if self._started is not None:
-                self.result.freeze_ms = round((time.monotonic() - self._started) * 1000.0, 1)
             if error is not None and self._paused_by_us:
                 self._release_error = GuestError(
                     self.guest, "quiesce", f"xl unpause {self.domain} failed ({why}): {error.summary()}",

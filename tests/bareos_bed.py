@@ -474,6 +474,8 @@ Client {{
   File Retention = 30 days
   Job Retention = 6 months
   AutoPrune = no
+  # two jobs at once on this client (the concurrent-jobs test; the other tests wait for each job)
+  Maximum Concurrent Jobs = 4
 }}
 
 Storage {{
@@ -599,27 +601,55 @@ Messages {{
     def start_daemons(self) -> None:
         for key, binary, conf in (("sd", "bareos-sd", self.sd_conf), ("fd", "bareos-fd", self.fd_conf),
                                   ("dir", "bareos-dir", self.dir_conf)):
-            pidfile = self.work / key / f"{key}.pid"
-            out = self.work / f"{key}.out"
-            with open(out, "w") as f:
-                # the daemon forks; its output goes to a file, never a pipe we would wait on
-                rc = subprocess.call([self.inst.binary(binary), "-c", str(conf), "-p", str(pidfile)],
-                                     stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
-                                     env=self.fd_environment() if key == "fd" else None, cwd=str(self.work / key))
-            self.started.append(key)
-            if rc != 0:
-                raise BareosError(f"{binary} exited {rc} at start:\n{out.read_text(errors='replace')}\n"
+            self._start_daemon(key, binary, conf)
+
+    def kill_fd(self) -> int:
+        """SIGKILL bareos-fd (a crash: no plugin event, no teardown); returns its pid once gone."""
+        pid = self._pid("fd")
+        if not pid or not _alive(pid):
+            raise BareosError(f"bareos-fd is not running (pid file: {pid})")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise BareosError(f"bareos-fd {pid} still alive 60 s after SIGKILL")
+            time.sleep(0.2)
+        self.started.remove("fd")
+        (self.work / "fd" / "fd.pid").unlink(missing_ok=True)   # stale: the new one waits for its own
+        return pid
+
+    def restart_fd(self) -> int:
+        """Start bareos-fd again with the same configuration and environment; returns the new pid."""
+        deadline = time.monotonic() + 60
+        while _listening(self.ports["fd"]):    # the killed daemon's socket
+            if time.monotonic() > deadline:
+                raise BareosError(f"port {self.ports['fd']} still listening after bareos-fd was killed")
+            time.sleep(0.5)
+        self._start_daemon("fd", "bareos-fd", self.fd_conf, append=True)
+        return self._pid("fd")
+
+    def _start_daemon(self, key: str, binary: str, conf: Path, append: bool = False) -> None:
+        pidfile = self.work / key / f"{key}.pid"
+        out = self.work / f"{key}.out"
+        with open(out, "a" if append else "w") as f:
+            # the daemon forks; its output goes to a file, never a pipe we would wait on
+            rc = subprocess.call([self.inst.binary(binary), "-c", str(conf), "-p", str(pidfile)],
+                                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                 env=self.fd_environment() if key == "fd" else None, cwd=str(self.work / key))
+        self.started.append(key)
+        if rc != 0:
+            raise BareosError(f"{binary} exited {rc} at start:\n{out.read_text(errors='replace')}\n"
+                              f"{self.config_test(binary, conf)}")
+        deadline = time.monotonic() + 180
+        while not (pidfile.exists() and _listening(self.ports[key])):
+            if time.monotonic() > deadline:
+                raise BareosError(f"{binary} does not listen on {self.ports[key]} after 180s:\n"
+                                  f"{out.read_text(errors='replace')}\n{self.config_test(binary, conf)}")
+            pid = self._pid(key)
+            if pid and not _alive(pid):
+                raise BareosError(f"{binary} died at start:\n{out.read_text(errors='replace')}\n"
                                   f"{self.config_test(binary, conf)}")
-            deadline = time.monotonic() + 180
-            while not (pidfile.exists() and _listening(self.ports[key])):
-                if time.monotonic() > deadline:
-                    raise BareosError(f"{binary} does not listen on {self.ports[key]} after 180s:\n"
-                                      f"{out.read_text(errors='replace')}\n{self.config_test(binary, conf)}")
-                pid = self._pid(key)
-                if pid and not _alive(pid):
-                    raise BareosError(f"{binary} died at start:\n{out.read_text(errors='replace')}\n"
-                                      f"{self.config_test(binary, conf)}")
-                time.sleep(0.5)
+            time.sleep(0.5)
 
     def config_test(self, binary: str, conf: Path) -> str:
         p = _run([self.inst.binary(binary), "-t", "-c", str(conf)], check=False, timeout=120)
@@ -751,6 +781,12 @@ Messages {{
             if keep:
                 out.append(line)
         return "\n".join(out)
+
+    def estimate(self, job: str, level: str = "Full", listing: bool = True, timeout: float = 900) -> str:
+        """bconsole `estimate job=... level=... [listing]`: its whole output (the file daemon's
+        listing lines and its "2000 OK estimate files=N bytes=M")."""
+        return self.bconsole(f"estimate job={job} level={level}" + (" listing" if listing else ""),
+                             timeout=timeout)
 
     def cancel(self, jobid: int) -> str:
         return self.bconsole(f"cancel jobid={jobid} yes")

@@ -30,7 +30,9 @@ Made to do what bareos-fd 25.1.0 did in the real-daemon suite (tests/vm/test_bar
 the FileSet's HardLinks default is no (inc_conf.cc: FO_NO_HARDLINK unless "HardLinks = yes"),
 a Job's "FD Plugin Options" arrive as bEventNewPluginOptions with only the override string
 between bEventEndFileSet and bEventStartBackupJob, a restore with regexwhere has an empty
-`where` and rewritten names, an FT_FIFO restore would block for ever (a ProtocolError here),
+`where`, an empty `regexwhere` (packet and bVarRegexWhere: filed/dir_cmd.cc RestoreCmd fills only
+jcr->where_bregexp) and rewritten names (`tells_regexwhere=True` plays a file daemon that
+would tell), an FT_FIFO restore would block for ever (a ProtocolError here),
 JobStatus is W after an M_ERROR or M_WARNING and f after an M_FATAL, estimate gets no
 bEventStartBackupJob, and each job imports the module afresh (its own sub-interpreter).
 
@@ -277,6 +279,7 @@ class FileDaemon:
         self.working_dir = working_dir
         self.jobid = 0
         self.regexwhere = ""
+        self.told_regexwhere = ""        # what the plugin is told of it (bareos-fd 25: nothing)
         self.module = None
         self.job = None
         self.calls = []
@@ -724,7 +727,8 @@ class FileDaemon:
 
     # -- restore --------------------------------------------------------------------------------
 
-    def restore(self, records, where, replace="a", core_sets_attributes=False, regexwhere=""):
+    def restore(self, records, where, replace="a", core_sets_attributes=False, regexwhere="",
+                tells_regexwhere=False):
         """Restore `records` (a backup's stream, or a selection of it) under `where`, or with
         `regexwhere` (what bconsole makes of strip_prefix/add_prefix/add_suffix: `where` is
         then empty and the names arrive rewritten, as with bareos-fd 25).
@@ -733,8 +737,9 @@ class FileDaemon:
         if regexwhere:
             where = ""
         self.regexwhere = regexwhere
+        self.told_regexwhere = regexwhere if tells_regexwhere else ""
         self._start_job(" ", "R", where=where)
-        self.job.values[bareosfd.bVarRegexWhere] = regexwhere or None
+        self.job.values[bareosfd.bVarRegexWhere] = self.told_regexwhere or None
         statuses = {}
         try:
             for record in records:
@@ -793,7 +798,7 @@ class FileDaemon:
                               type=record.type, file_index=record.file_index,
                               linkFI=record.link_fi, uid=record.stat["st_uid"], statp=statp,
                               attrEX="", ofname=ofname, olname=olname, where=where or "",
-                              regexwhere=self.regexwhere or "", replace=ord(replace),
+                              regexwhere=self.told_regexwhere or "", replace=ord(replace),
                               create_status=bareosfd.CF_ERROR, filedes=-1)
 
     def _create_and_fill(self, record, where, ofname, olname, replace, core_sets_attributes):
@@ -1182,7 +1187,7 @@ class DirRunner:
         runner = self
 
         class _Lock:
-            def acquire(self, on_wait=None):
+            def acquire(self, on_wait=None, note="", stop=None):
                 runner.calls.append(("lock",))
                 return self
 
@@ -1199,7 +1204,8 @@ class DirRunner:
             if fake.held_by:  # as the core reports what another owner holds
                 result = lc.GuestResult(lc.Guest(fake.name, []), "unmount", status="held",
                                         held_by=fake.held_by)
-                result.notes.append(lc.held_message(fake.name, fake.held_by))
+                from domu_snapshot import ownership
+                result.notes.append(ownership.held_message(fake.name, fake.held_by))
                 results.append(result)
         return results
 

@@ -1,7 +1,7 @@
 """Guest disks as real hypervisor hosts have them, for the VM test bed (run as root in the VM).
 
 A `GuestVG` is a volume group on a loop-backed PV (a sparse image in /run, i.e. RAM). Each guest
-LV gets a whole disk image laid out like a real domU disk (see LAYOUTS), with its ext3/ext4
+LV gets a whole disk image laid out like a real domU disk (see LAYOUTS), with its ext3/ext4 (or XFS)
 filesystem populated with a known tree while mounted and captured *as a running guest's disk
 would be*: the superblock says needs_recovery and the journal holds committed transactions that
 have not been checkpointed, so only a journal replay shows the whole tree.
@@ -45,6 +45,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -82,7 +83,7 @@ class Layout:
     description: str
     default_mib: int
     label: str | None                  # "msdos", "gpt" or None (no partition table)
-    fstype: str | None                 # "ext3", "ext4" or None (nothing to mount)
+    fstype: str | None                 # "ext3", "ext4", "xfs" or None (nothing to mount)
     partition: int | None              # partition number holding the ext fs; None = whole LV / none
 
     def table(self, total: int) -> list[tuple[int, int, str, str]]:
@@ -116,7 +117,16 @@ LAYOUTS = {lay.name: lay for lay in [
     Layout("whole-ext4", "ext4 on the whole LV, no partition table", 40, None, "ext4", None),
     Layout("whole-ext3", "ext3 on the whole LV, no partition table", 40, None, "ext3", None),
     Layout("swap", "swap on the whole LV, nothing to mount", 16, None, None, None),
+    # mkfs.xfs (xfsprogs >= 5.19) refuses a data section under 300 MB: 327 MiB of a sparse LV
+    Layout("msdos-swap-xfs", "RHEL-like: msdos, swap at 1 MiB, then XFS (issue 15)", 336, "msdos", "xfs", 2),
+    # LVM inside the guest (add_guest(..., inner_vg=NAME)): the tree is on the guest VG's LV root
+    Layout("msdos-boot-lvm", "Debian guided LVM: msdos, /boot ext4 (clean, its own tree), then an "
+           "LVM PV holding VG <inner_vg> with LVs root (ext4) and swap", 64, "msdos", "ext4", 2),
+    Layout("msdos-lvm", "msdos, one LVM PV holding VG <inner_vg> with LVs root (ext4) and swap",
+           48, "msdos", "ext4", 1),
 ]}
+LVM_LAYOUTS = ("msdos-boot-lvm", "msdos-lvm")
+_BOOT_S = 16 * MiB // SECTOR
 
 _SWAP_S = 8 * MiB // SECTOR
 _GPT_TAIL = 34                          # backup GPT: 32 sectors of entries + header, plus one
@@ -134,6 +144,10 @@ _REGIONS = {
     "whole-ext4": lambda total: ((0, total - 1), []),
     "whole-ext3": lambda total: ((0, total - 1), []),
     "swap": lambda total: (None, [(0, total - 1)]),
+    "msdos-swap-xfs": lambda total: ((2048 + _SWAP_S, total - 1), [(2048, 2048 + _SWAP_S - 1)]),
+    # LVM layouts: the PV partition (the root filesystem is inside it, on the guest VG's LV root)
+    "msdos-boot-lvm": lambda total: ((2048 + _BOOT_S, total - 1), []),
+    "msdos-lvm": lambda total: ((2048, total - 1), []),
 }
 
 _GPT_BIOS, _GPT_SWAP, _GPT_LINUX = ("21686148-6449-6E6F-744E-656564454649", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
@@ -151,6 +165,9 @@ _TABLES = {
     "msdos-ext4-1m": lambda t: [(2048, t - 1, "83", "")],
     "gpt-ext4": lambda t: [(2048, 4095, _GPT_BIOS, "bios"), (4096, 20479, _GPT_SWAP, "swap"),
                            (20480, t - _GPT_TAIL, _GPT_LINUX, "root")],
+    "msdos-swap-xfs": lambda t: [(2048, 2048 + _SWAP_S - 1, "82", ""), (2048 + _SWAP_S, t - 1, "83", "")],
+    "msdos-boot-lvm": lambda t: [(2048, 2048 + _BOOT_S - 1, "83", ""), (2048 + _BOOT_S, t - 1, "8e", "")],
+    "msdos-lvm": lambda t: [(2048, t - 1, "8e", "")],
 }
 
 
@@ -402,13 +419,15 @@ class GuestDisk:
     partition: int | None      # number of the partition with the ext fs; None: whole LV or no fs
     offset: int | None         # byte offset of the ext fs in the LV (0: whole LV; None: no ext fs)
     fs_size: int | None        # bytes of the ext fs region (for losetup --sizelimit)
-    fstype: str | None         # "ext3", "ext4", or None (nothing to mount)
-    dirty: bool                # journal needs replay (needs_recovery set)
+    fstype: str | None         # "ext3", "ext4", "xfs" or None (nothing to mount)
+    dirty: bool                # journal needs replay (needs_recovery set; xfs: the log is dirty)
     seed: str
     fs_uuid: str | None
     swap_partitions: list[int]
     tree: dict[str, dict]      # expected_tree(seed), {} when there is no fs
     image: str                 # the disk image the LV was written from
+    log_tail: int | None = None  # xfs, dirty: byte offset in the disk of the log's first record to replay
+    inner_vg: str | None = None    # LVM layouts: the guest's VG (its LV root holds `tree`)
 
     @property
     def lv_path(self) -> str:
@@ -492,7 +511,8 @@ class GuestVG:
 
     # -- guests
     def add_guest(self, lv: str, layout: str, *, size_mib: int | None = None, seed: str | None = None,
-                  dirty: bool = True, active: bool = True, pool: str | None = None) -> GuestDisk:
+                  dirty: bool = True, active: bool = True, pool: str | None = None,
+                  inner_vg: str | None = None) -> GuestDisk:
         """Create LV `lv` holding a disk in `layout` (a key of LAYOUTS). `seed` picks the file
         content (default: the LV name); guests with equal layout, size, seed and dirtiness share
         one built image, which makes many guests cheap. `pool`: a thin LV in that thin pool."""
@@ -500,7 +520,9 @@ class GuestVG:
         size_mib = -(-(size_mib or lay.default_mib) // 4) * 4     # whole 4 MiB extents
         seed = lv if seed is None else seed
         t0 = time.monotonic()
-        image, meta = self._disk_image(lay, size_mib, seed, dirty)
+        if (layout in LVM_LAYOUTS) != bool(inner_vg):
+            raise FixtureError(f"layout {layout}: inner_vg is {'required' if layout in LVM_LAYOUTS else 'not used'}")
+        image, meta = self._disk_image(lay, size_mib, seed, dirty, inner_vg)
         if pool:
             run(["lvcreate", "-q", "-y", "-n", lv, "-V", f"{size_mib}M", "--thinpool", pool, self.vg])
         else:
@@ -516,7 +538,8 @@ class GuestVG:
                       offset=meta["offset"], fs_size=meta["fs_size"], fstype=lay.fstype,
                       dirty=dirty and lay.fstype is not None, seed=seed, fs_uuid=meta["uuid"],
                       swap_partitions=meta["swap_partitions"],
-                      tree=expected_tree(seed) if lay.fstype else {}, image=str(image))
+                      tree=expected_tree(seed) if lay.fstype else {}, image=str(image),
+                      log_tail=meta.get("log_tail"), inner_vg=inner_vg)
         self.guests[lv] = g
         self.timings[lv] = time.monotonic() - t0
         return g
@@ -558,21 +581,23 @@ class GuestVG:
         return found + [f"loop device {l}" for l in loops] + [f"mount {m}" for m in mounts]
 
     # -- image building
-    def _disk_image(self, lay: Layout, size_mib: int, seed: str, dirty: bool) -> tuple[Path, dict]:
-        key = hashlib.sha256(f"{lay.name}|{size_mib}|{seed}|{dirty}".encode()).hexdigest()[:16]
+    def _disk_image(self, lay: Layout, size_mib: int, seed: str, dirty: bool,
+                    inner_vg: str | None = None) -> tuple[Path, dict]:
+        key = hashlib.sha256(f"{lay.name}|{size_mib}|{seed}|{dirty}|{inner_vg or ''}".encode()).hexdigest()[:16]
         image = WORKROOT / "images" / f"{key}.img"     # shared by all VGs of this VM
         meta_path = image.with_suffix(".json")
         if image.exists() and meta_path.exists():
             return image, json.loads(meta_path.read_text())
         image.parent.mkdir(parents=True, exist_ok=True)
         scratch = self.workdir / "scratch" / key     # one per image: add_guests builds in parallel
-        meta = build_disk_image(image, lay, size_mib, seed, dirty, scratch=scratch)
+        meta = build_disk_image(image, lay, size_mib, seed, dirty, scratch=scratch, inner_vg=inner_vg)
         meta_path.write_text(json.dumps(meta))     # written last: an image without it is rebuilt
         shutil.rmtree(scratch)                     # our own scratch files; nothing mounted there now
         return image, meta
 
 
-def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: bool, *, scratch: Path) -> dict:
+def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: bool, *, scratch: Path,
+                     inner_vg: str | None = None) -> dict:
     """Write a whole guest disk into the sparse file `image`; returns offset/fs_size/uuid/swap."""
     total = size_mib * MiB // SECTOR
     with open(image, "wb") as f:
@@ -584,6 +609,7 @@ def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: 
             input=lay.sfdisk_script(total, seed).encode())
     fs_region, swap_regions = lay.regions(total)
     fs_uuid = None
+    log_tail = None
     scratch.mkdir(parents=True, exist_ok=True)
     for i, (start, end) in enumerate(swap_regions):
         part = scratch / "swap.img"
@@ -592,14 +618,24 @@ def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: 
         run(["mkswap", "-q", "-L", f"swap{i}", "-U", str(uuid.uuid5(UUID_NS, f"{seed}|swap{i}")), str(part)])
         _copy_into(part, image, start * SECTOR)
         part.unlink()
+    if lay.name in LVM_LAYOUTS:
+        if lay.name == "msdos-boot-lvm":   # /boot: clean, a tree of its own (found mounted: other files)
+            _make_fs(image, 2048 * SECTOR, _BOOT_S * SECTOR, "ext4", seed + "-boot",
+                     str(uuid.uuid5(UUID_NS, f"{seed}|boot")), False, scratch)
+        pv_start = fs_region[0]
+        fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|{lay.fstype}"))
+        _make_guest_vg(image, pv_start * SECTOR, (total - pv_start) * SECTOR, inner_vg, seed, fs_uuid, dirty, scratch)
+        return {"offset": pv_start * SECTOR, "fs_size": (total - pv_start) * SECTOR, "uuid": fs_uuid,
+                "swap_partitions": []}
     if fs_region:
         start, end = fs_region
         fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|{lay.fstype}"))
-        _make_fs(image, start * SECTOR, (end - start + 1) * SECTOR, lay.fstype, seed, fs_uuid, dirty, scratch)
-    swap_parts = {"msdos-ext3-63": [5], "gpt-ext4": [2]}.get(lay.name, [])
+        make = _make_xfs if lay.fstype == "xfs" else _make_fs
+        log_tail = make(image, start * SECTOR, (end - start + 1) * SECTOR, lay.fstype, seed, fs_uuid, dirty, scratch)
+    swap_parts = {"msdos-ext3-63": [5], "gpt-ext4": [2], "msdos-swap-xfs": [1]}.get(lay.name, [])
     return {"offset": fs_region[0] * SECTOR if fs_region else None,
             "fs_size": (fs_region[1] - fs_region[0] + 1) * SECTOR if fs_region else None,
-            "uuid": fs_uuid, "swap_partitions": swap_parts}
+            "uuid": fs_uuid, "swap_partitions": swap_parts, "log_tail": log_tail}
 
 
 def _make_fs(image: Path, offset: int, size: int, fstype: str, seed: str, fs_uuid: str, dirty: bool,
@@ -630,6 +666,130 @@ def _make_fs(image: Path, offset: int, size: int, fstype: str, seed: str, fs_uui
     part.unlink()
     if needs_recovery(image, offset) != dirty:
         raise FixtureError(f"{image}@{offset}: needs_recovery is {not dirty}, wanted {dirty}")
+
+
+def _make_xfs(image: Path, offset: int, size: int, fstype: str, seed: str, fs_uuid: str, dirty: bool,
+              scratch: Path) -> int | None:
+    """mkfs.xfs in a scratch file, mount it, write the tree; dirty: shut the filesystem down with its
+    log forced (xfs_io shutdown -f) so that the tree's metadata is only in the log, as after a crash
+    of the running guest (a mount with norecovery shows an empty root). Copies the result into `image`
+    at `offset`; returns, for a dirty log, the byte offset in `image` of the first record to replay."""
+    part = scratch / "fs.img"
+    with open(part, "wb") as f:
+        f.truncate(size)
+    run(["mkfs.xfs", "-q", "-f", "-L", seed.encode()[:12].decode(errors="ignore"), "-m", f"uuid={fs_uuid}",
+         str(part)])
+    mnt = scratch / "mnt"
+    mnt.mkdir(exist_ok=True)
+    loop = out(["losetup", "--find", "--show", str(part)]).strip()
+    try:
+        run(["mount", "-t", "xfs", loop, str(mnt)])
+        try:
+            populate(mnt, seed)
+            if dirty:
+                run(["xfs_io", "-x", "-c", "shutdown -f", str(mnt)])
+        finally:
+            run(["umount", str(mnt)])
+    finally:
+        run(["losetup", "-d", loop])
+    log_daddr, tail, head, state = xfs_log_state(part)
+    if (state == "DIRTY") != dirty or (dirty and head == tail):
+        raise FixtureError(f"{image}@{offset}: the XFS log is {state} (tail {tail}, head {head}), wanted "
+                           f"{'dirty' if dirty else 'clean'}")
+    _copy_into(part, image, offset)
+    part.unlink()
+    return offset + (log_daddr + tail) * SECTOR if dirty else None
+
+
+def xfs_log_state(device: str | Path) -> tuple[int, int, int, str]:
+    """(the log's first sector, tail block, head block, "DIRTY" or "CLEAN") of the XFS on `device`
+    (xfs_logprint -t; blocks are 512-byte sectors from the log's start)."""
+    text = out(["xfs_logprint", "-t", str(device)])
+    match = re.search(r"daddr: (\d+).*?log tail: (\d+) head: (\d+) state: <(\w+)>", text, re.S)
+    if not match:
+        raise FixtureError(f"xfs_logprint -t {device}: no log state in its output: {text[:300]!r}")
+    return int(match.group(1)), int(match.group(2)), int(match.group(3)), match.group(4)
+def _make_guest_vg(image: Path, offset: int, size: int, vg: str, seed: str, fs_uuid: str, dirty: bool,
+                   scratch: Path) -> None:
+    """A guest's PV in a scratch file: VG `vg` with LVs root (ext4, the tree, dirty as _make_fs)
+    and swap, put into `image` at `offset`. Every LVM command sees only the scratch loop device
+    (--devices). A VG named like a host VG cannot be created here (vgcreate refuses a name whose
+    /dev/<vg> exists): it is built under a name of the same length and renamed in the image
+    (_rename_vg_in_image)."""
+    build_vg = vg
+    if os.path.exists(f"/dev/{vg}"):
+        build_vg = vg[:-1] + ("x" if vg[-1] != "x" else "y")
+    vg, final_vg = build_vg, vg
+    part = scratch / "pv.img"
+    with open(part, "wb") as f:
+        f.truncate(size)
+    loop = out(["losetup", "--find", "--show", str(part)]).strip()
+    dev = ["--devices", loop]
+    mnt = scratch / "mnt"
+    try:
+        run(["pvcreate", "-q", "-y", *dev, loop])
+        run(["vgcreate", "-q", "-y", *dev, "-s", "1M", vg, loop])
+        run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "swap", "-L", "8M", vg])
+        run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "root", "-l", "100%FREE", vg])
+        root = f"/dev/mapper/{vg.replace('-', '--')}-root"
+        run(["mkswap", "-q", "-L", "swap", f"/dev/mapper/{vg.replace('-', '--')}-swap"])
+        run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-U", fs_uuid,
+             "-E", "lazy_itable_init=0,lazy_journal_init=0", root])
+        mnt.mkdir(exist_ok=True)
+        run(["mount", "-t", "ext4", root, str(mnt)])
+        try:
+            populate(mnt, seed)
+            if dirty:
+                _copy_into(part, image, offset)
+        finally:
+            run(["umount", str(mnt)])
+        run(["vgchange", "-q", "-an", *dev, vg])
+    finally:
+        run(["vgchange", "-q", "-an", *dev], check=False)
+        run(["udevadm", "settle", "--timeout=30"], check=False)
+        run(["losetup", "-d", loop])
+    if not dirty:
+        _copy_into(part, image, offset)
+    part.unlink()
+    if final_vg != vg:
+        _rename_vg_in_image(image, offset, vg, final_vg)
+
+
+def _lvm_crc(data: bytes) -> int:
+    """LVM's checksum: CRC-32 from 0xf597a6cf, without zlib's final inversion."""
+    return ~zlib.crc32(data, ~0xF597A6CF & 0xFFFFFFFF) & 0xFFFFFFFF
+
+
+def _rename_vg_in_image(image: Path, pv_offset: int, old: str, new: str) -> None:
+    """Rename the VG in the PV's first metadata area (names of one length): the text is patched
+    in place and the checksums LVM verifies (the text's, the area header's) are written anew."""
+    assert len(old) == len(new)
+    with open(image, "r+b") as f:
+        f.seek(pv_offset)
+        head = f.read(2048)
+        sector = next(i for i in range(4) if head[i * 512:i * 512 + 8] == b"LABELONE")
+        pvh = pv_offset + sector * 512 + int.from_bytes(head[sector * 512 + 20:sector * 512 + 24], "little")
+        f.seek(pvh + 40)
+        raw = f.read(200)
+        pos = 0
+        while int.from_bytes(raw[pos:pos + 8], "little"):   # data areas
+            pos += 16
+        pos += 16
+        mda_start = int.from_bytes(raw[pos:pos + 8], "little")
+        mda_size = int.from_bytes(raw[pos + 8:pos + 16], "little")
+        f.seek(pv_offset + mda_start)
+        area = bytearray(f.read(mda_size))
+        rl_offset = int.from_bytes(area[40:48], "little")
+        rl_size = int.from_bytes(area[48:56], "little")
+        if rl_offset + rl_size > mda_size:
+            raise FixtureError("metadata wraps round its buffer: not renamed")
+        body = area[512:].replace(old.encode(), new.encode())
+        area[512:] = body
+        area[56:60] = _lvm_crc(bytes(area[rl_offset:rl_offset + rl_size])).to_bytes(4, "little")
+        area[0:4] = _lvm_crc(bytes(area[4:512])).to_bytes(4, "little")
+        f.seek(pv_offset + mda_start)
+        f.write(area)
+        os.fsync(f.fileno())
 
 
 def needs_recovery(device: str | Path, offset: int = 0) -> bool:

@@ -4,7 +4,7 @@ The host kernel has no device-mapper, so everything that needs LVM runs in a VM 
 virtme-ng with Debian's generic kernel, sharing the host's root filesystem read-only (writable
 overlays on /tmp, /var, /etc, ...). One boot runs one command, normally the whole vm suite:
 
-    python -m tests.vmbed [--memory 3G] [--timeout 4200] [--run-dir DIR] [-- COMMAND...]
+    python -m tests.vmbed [--memory 3G] [--timeout 4800] [--run-dir DIR] [-- COMMAND...]
 
 Without a command it runs `pytest -m vm tests` and leaves junit.xml in the run directory.
 The run directory (default `.vmrun/<timestamp>-<pid>/`) is the only place the VM can write that
@@ -12,7 +12,7 @@ the host sees: it holds the command, console.log and `exit-code`, written by
 tests/vm_inside.sh after the command ends. No exit-code file means the command never ran, which
 is a failure whatever qemu returned.
 
-Environment: DOMU_VM_MEMORY, DOMU_VM_CPUS, DOMU_VM_TIMEOUT (seconds, default 4200: below CI's
+Environment: DOMU_VM_MEMORY, DOMU_VM_CPUS, DOMU_VM_TIMEOUT (seconds, default 4800: below CI's
 90 minutes with room for set-up, so a stuck VM ends with a clear message), DOMU_VM_KVM=1 (try KVM,
 with a probe; the default is software emulation because KVM aborts on these machines).
 Variables named DOMU_* and PYTEST_ADDOPTS are passed into the VM. DOMU_VM_PYIMAGE=0 turns off
@@ -264,7 +264,7 @@ def new_run_dir(name: str | None = None) -> Path:
 
 def default_command(run_dir: Path) -> list[str]:
     # vm_inside.sh adds `-p no:cacheprovider` (read-only repository) through PYTEST_ADDOPTS
-    return [str(VENV_BIN / "python"), "-m", "pytest", "-m", "vm", "--durations=15",
+    return [str(VENV_BIN / "python"), "-m", "pytest", "-m", "vm", "--durations=40",
             f"--junitxml={run_dir}/junit.xml", "tests"]
 
 
@@ -277,7 +277,7 @@ def run_in_vm(command: list[str], *, run_dir: Path | str | None = None, memory: 
     out = out or sys.stdout
     memory = memory or os.environ.get("DOMU_VM_MEMORY", "3G")
     cpus = int(cpus or os.environ.get("DOMU_VM_CPUS", "2"))
-    timeout = float(timeout or os.environ.get("DOMU_VM_TIMEOUT", "4200"))
+    timeout = float(timeout or os.environ.get("DOMU_VM_TIMEOUT", "4800"))
     run_dir = Path(run_dir).resolve() if run_dir else new_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     exit_file = run_dir / "exit-code"
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.vmbed", description=__doc__.split("\n\n")[0])
     p.add_argument("--memory", help="VM memory (default $DOMU_VM_MEMORY or 3G)")
     p.add_argument("--cpus", type=int, help="VM cpus (default $DOMU_VM_CPUS or 2)")
-    p.add_argument("--timeout", type=float, help="seconds before the VM is killed (default $DOMU_VM_TIMEOUT or 4200)")
+    p.add_argument("--timeout", type=float, help="seconds before the VM is killed (default $DOMU_VM_TIMEOUT or 4800)")
     p.add_argument("--run-dir", help="results directory (default .vmrun/<timestamp>-<pid>)")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set in the VM")
     args = p.parse_args(argv)

@@ -9,7 +9,7 @@ Options (mirror the CLI's; `\\:` escapes a colon inside a value):
   prefix=domu-   vg=vg0,vg1   include=glob,glob   exclude=glob,glob   snapshot_size=10%ORIGIN
   chunk_size=    partition=auto|whole|N   mount_root=/var/lib/domu-snapshot/mnt
   config=/etc/domu-snapshot.conf   prepare=each|all   quiesce=auto|agent|suspend|sync|none
-  libvirt_uri=qemu:///system
+  libvirt_uri=qemu:///system   lock_timeout=60 (seconds a job waits for another's run lock)
 
 Backup: on bEventStartBackupJob the plugin reaps leftovers of crashed runs and discovers the guests.
 Snapshots it makes carry the tag domu_snapshot_plugin: the plugin holds the run lock for its whole
@@ -46,8 +46,14 @@ current. A job that selects no guest fails the same way (unless allow_empty is s
 
 Options: the FileSet's string arrives first; a Job's "FD Plugin Options" (bEventNewPluginOptions)
 override it key by key; the FileSet's string arriving again at the backup command changes
-nothing. `estimate` sends no bEventStartBackupJob: the walk then starts at the first
-start_backup_file.
+nothing. `estimate` sends no bEventStartBackupJob/EndBackupJob (fd_plugins.cc PluginEstimate):
+the walk then starts at the first start_backup_file, each guest is torn down after its walk, and
+bEventJobEnd (sent at the end of the estimate's session too) tears down whatever is left.
+
+Concurrent jobs (Client Maximum Concurrent Jobs > 1): each job holds the run lock from its start
+to its teardown, with "Bareos job N (name)" written under the pid; another job waits up to
+lock_timeout for it with an M_INFO naming the holder, then fails (M_FATAL naming the holder and
+the fix, nothing snapshotted). A cancel ends the wait.
 
 Extended attributes: get_xattr hands over every attribute of each entry (llistxattr/lgetxattr,
 never through a symlink), one per call with bRC_More: user.*, trusted.*, security.* (SELinux
@@ -68,8 +74,9 @@ seen (bRC_Seen) so that their last good versions stay current.
 
 Restore goes through the file daemon (create_file answers CF_CORE) into `where`. A regexwhere
 restore (bconsole strip_prefix/add_prefix) is confined to its add_prefix where the file daemon
-says what it is; bareos-fd 25.1.0 tells a plugin neither `where` nor the regexwhere, so there such
-restores are refused with a hint to use where=. Entries whose path would leave that directory (.. components, symlinks in
+says what it is; bareos-fd 25.1.0 tells a plugin neither `where` nor the regexwhere (dir_cmd.cc
+RestoreCmd fills only jcr->where_bregexp; jcr->where and jcr->RegexWhere stay unset), so there
+such restores are refused with one M_FATAL (the job ends at once) and a hint to use where=. Entries whose path would leave that directory (.. components, symlinks in
 the restored tree) are refused; a restore to the original paths (no `where`), or a regexwhere
 without an add_prefix, is refused. python-fd does not pass the create_status set in
 set_file_attributes back to the file daemon, so the plugin applies owner, mode and times itself.

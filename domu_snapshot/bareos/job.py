@@ -1,6 +1,7 @@
 """The plugin's state and work for one job: backup (prepare each guest, walk it, tear it down),
 accurate checks, I/O for the file daemon, and restores. See the package docstring."""
 
+import logging
 import os
 import stat
 import threading
@@ -8,9 +9,11 @@ import time
 
 import bareosfd
 
-from .. import commands
+from .. import commands, logs
 from ..config import load_config
-from ..errors import DomuError, one_line
+from ..errors import DomuError, LockBusy, one_line
+from ..lock import describe_holder
+from ..status import Status
 from .options import Options, config_directory, config_overrides
 from .restore import Restore
 from .walk import Entry, GuestStats, disk_entries, stat_packet, _S_IFMT, _S_IFREG
@@ -29,6 +32,26 @@ _NOATIME = getattr(os, "O_NOATIME", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | _NOFOLLOW | _CLOEXEC
+
+
+class JobLogHandler(logging.Handler):
+    """The core's log in a job: warnings and notes go to the job log (a note, e.g. "no libvirt on
+    this host", is M_INFO: an M_WARNING would make every such job end "OK -- with warnings",
+    and a job that lost a guest would look like any other night); the rest goes to the debug
+    log (the plugin reports each guest's result and failure itself)."""
+
+    def __init__(self, job):
+        super().__init__(logging.DEBUG)
+        self.owner = job
+
+    def emit(self, record):
+        message = record.getMessage()
+        if record.levelno == logging.WARNING:
+            self.owner.job(bareosfd.M_WARNING, message)
+        elif record.levelno == logging.INFO:
+            self.owner.job(bareosfd.M_INFO, message)
+        else:
+            self.owner.debug(f"[{record.levelname.lower()}] {message}", 50)
 
 
 class PluginJob:
@@ -70,19 +93,6 @@ class PluginJob:
     def debug(self, text, level=DEBUG_LEVEL):
         bareosfd.DebugMessage(level, f"{PLUGIN}: {one_line(text)}\n")
 
-    def runner_log(self, level, message):
-        """The Runner's log: warnings and notes go to the job log (a note, e.g. "no libvirt on
-        this host", is M_INFO: an M_WARNING would make every such job end "OK -- with
-        warnings", and a job that lost a guest would look like any other night); the rest goes
-        to the debug log (the plugin reports each guest's result and failure itself)."""
-        level = str(level).lower()
-        if level in ("warning", "warn"):
-            self.job(bareosfd.M_WARNING, str(message))
-        elif level == "info":
-            self.job(bareosfd.M_INFO, str(message))
-        else:
-            self.debug(f"[{level}] {message}", 50)
-
     def lose(self, guest_name):
         """Count a guest whose files this job did not save completely (see finish_job)."""
         if guest_name not in self.lost:
@@ -106,16 +116,26 @@ class PluginJob:
             return bareosfd.bRC_Error
         # owner "plugin": its snapshots carry the plugin's tag, and what `domu-snapshot mount`
         # holds (helpers mode, another job) is left alone
-        self.runner = Runner(self.cfg, log=self.runner_log, owner="plugin")
+        logs.use(JobLogHandler(self))  # this job's messages: one job per sub-interpreter
+        self.runner = Runner(self.cfg, log=logs.emit, owner="plugin")
         # a step still running after a few seconds says so in the job log (commands.PROGRESS_FIRST)
         commands.set_hooks(progress=lambda text: self.job(bareosfd.M_INFO, text))
         try:
             # one run at a time, held until the job's teardown
-            self.run_lock = self.runner.lock().acquire(on_wait=self.say_lock_wait)
+            self.run_lock = self.runner.lock().acquire(on_wait=self.say_lock_wait, note=self.job_name(),
+                                                       stop=lambda: self.canceled)
             for result in self.runner.reap():
                 self.report_reaped(result)
             self.guests = list(self.runner.discover())
             self.space_errors = self.runner.check_space(self.guests, concurrent=self.mode == "all")
+        except LockBusy as exc:
+            self.job(bareosfd.M_FATAL,
+                     f"cannot start: {exc}; nothing was snapshotted. Plugin jobs of one client run one "
+                     f"at a time: give the director's Client resource Maximum Concurrent Jobs = 1 (the "
+                     f"director then queues them), or a lock_timeout (plugin option or configuration) "
+                     f"longer than the other job runs")
+            self.release_lock()
+            return bareosfd.bRC_Error
         except (DomuError, CommandError, OSError) as exc:
             self.job(bareosfd.M_FATAL, f"cannot start: {exc}")
             self.release_lock()
@@ -126,16 +146,23 @@ class PluginJob:
         self.entries = self.all_entries()
         return bareosfd.bRC_OK
 
-    def say_lock_wait(self, holder):
+    def job_name(self):
+        """"Bareos job N (name)": what a job waiting for our run lock is told holds it."""
+        try:
+            return f"Bareos job {bareosfd.GetValue(bareosfd.bVarJobId)} ({bareosfd.GetValue(bareosfd.bVarJobName)})"
+        except Exception:   # a file daemon without these values: the pid alone names us
+            return ""
+
+    def say_lock_wait(self, pid, note):
         """A second job on this client (Maximum Concurrent Jobs > 1) or a helpers-mode
-        mount/unmount holds the run lock: say so before waiting."""
-        who = ("another job of this bareos-fd" if holder == str(os.getpid())
-               else f"domu-snapshot (pid {holder or 'unknown'})")
-        self.job(bareosfd.M_INFO, f"waiting up to {self.cfg.lock_timeout:g} s for the run lock, held "
-                                  f"by {who}: one domu-snapshot run at a time per host")
+        mount/unmount holds the run lock: say who, and how long this job waits, before waiting.
+        Informational: a job that then gets the lock is a normal job."""
+        who = describe_holder(pid, note or ("" if pid == str(os.getpid()) else "domu-snapshot"))
+        self.job(bareosfd.M_INFO, f"waiting up to {self.cfg.lock_timeout:g} s (lock_timeout) for the "
+                                  f"run lock, held by {who}: one domu-snapshot run at a time per host")
 
     def report_reaped(self, result):
-        if result.status == "held":
+        if result.status == Status.HELD:
             self.job(bareosfd.M_WARNING, "; ".join(result.notes))
         elif result.ok:
             self.job(bareosfd.M_INFO, f"removed what an earlier run left of guest {result.guest.name}")
@@ -176,7 +203,7 @@ class PluginJob:
         if not result.ok:
             self.lose(guest.name)
             self.job(bareosfd.M_ERROR, f"guest {guest.name}: NOT backed up: {result.error}")
-        elif result.status == "skipped":
+        elif result.status == Status.SKIPPED:
             # an inactive LV or a disk with swap only: nothing to save, by design
             self.job(bareosfd.M_INFO, f"guest {guest.name}: skipped: {'; '.join(result.notes)}")
         else:
@@ -188,7 +215,7 @@ class PluginJob:
         stats = self.stats = GuestStats()
         finished = False
         try:
-            if not result.ok or result.status == "skipped":
+            if not result.ok or result.status == Status.SKIPPED:
                 finished = True
                 return
             xml_path = result.domain_xml_path
@@ -238,7 +265,7 @@ class PluginJob:
 
     def finish_guest(self, guest, result, stats, finished):
         teardown = self.teardown(guest)
-        if not result.ok or result.status == "skipped":
+        if not result.ok or result.status == Status.SKIPPED:
             return
         if teardown is not None and not teardown.ok:
             self.lose(guest.name)

@@ -41,11 +41,16 @@ def restore_path_problem(path, where, mount_root=None, regexwhere=""):
     where, refused = restore_target(where, regexwhere)
     if refused and not given_where and not regexwhere and mount_root and path \
             and not os.path.normpath(path).startswith(os.path.normpath(mount_root) + "/"):
-        # a name rewritten by the director (strip_prefix/add_prefix/regexwhere): bareos-fd 25
-        # hands a plugin neither `where` nor the regexwhere then, so where it may write is unknown
-        refused += ("; a strip_prefix/add_prefix/regexwhere restore cannot be kept inside its "
-                    "target either (bareos-fd does not tell the plugin about it): restore with "
-                    "where=DIR")
+        # a name rewritten by the director (strip_prefix/add_prefix/add_suffix/regexwhere):
+        # bareos-fd 25 keeps the rewrite to itself (filed/dir_cmd.cc RestoreCmd fills only
+        # jcr->where_bregexp; jcr->where and jcr->RegexWhere, which bVarWhere, bVarRegexWhere and
+        # the restore packet carry, stay empty), so where the plugin may write is unknown
+        return (f"no where= given and {path!r} lies outside the mount root: a strip_prefix/"
+                f"add_prefix/add_suffix/regexwhere restore is refused, as bareos-fd tells a plugin "
+                f"neither that rewrite nor its target directory (so the plugin cannot keep the "
+                f"files inside it), and a restore to the original paths is refused too (they are "
+                f"the snapshot mount points); restore with where=DIR instead (the files land in "
+                f"DIR{os.path.normpath(mount_root)}/<vg>/<lv>/; move them from there)")
     if refused:
         return refused
     base = os.path.normpath(where)
@@ -86,6 +91,7 @@ class Restore:
 
     def __init__(self, owner):
         self.owner = owner       # the PluginJob: options, messages, the open descriptor
+        self.refused_all = False  # the fatal "no target" message was given
 
     def problem(self, path, restorepkt=None):
         """restore_path_problem() for this job's where/regexwhere (from the packet when there is
@@ -104,12 +110,26 @@ class Restore:
         self.owner.xattrs.report_failed()  # the file daemon has handed over all of this file's attributes
         return bareosfd.bRC_OK
 
+    def target_refused(self, restorepkt):
+        """Whether the whole restore has no directory to write below (no where=, or a rewrite
+        the file daemon does not disclose): then no entry can be restored."""
+        where = restorepkt.where or bareosfd.GetValue(bareosfd.bVarWhere) or ""
+        regexwhere = restorepkt.regexwhere or bareosfd.GetValue(bareosfd.bVarRegexWhere) or ""
+        return restore_target(where, regexwhere)[1] is not None
+
     def create_file(self, restorepkt):
         problem = self.problem(restorepkt.ofname, restorepkt)
         if problem is None and restorepkt.type == bareosfd.FT_LNKSAVED:
             problem = self.problem(restorepkt.olname, restorepkt)
         if problem:
-            self.owner.job(bareosfd.M_ERROR, f"restore refused: {problem}")
+            if self.target_refused(restorepkt):
+                # every entry would be refused for the same reason: one fatal line ends the job
+                # ("Restore Error") instead of an error per entry
+                if not self.refused_all:
+                    self.refused_all = True
+                    self.owner.job(bareosfd.M_FATAL, f"restore refused, nothing restored: {problem}")
+            else:
+                self.owner.job(bareosfd.M_ERROR, f"restore refused: {problem}")
             restorepkt.create_status = bareosfd.CF_ERROR
             return bareosfd.bRC_OK
         restorepkt.create_status = bareosfd.CF_CORE

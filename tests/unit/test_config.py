@@ -59,7 +59,7 @@ def test_command_line_overrides_file(tmp_path):
     ("[domu-snapshot]\nmount_root = relative/path\n", "absolute"),
     ("[domu-snapshot]\nmount_root = /\n", "must not be /"),
     ("[domu-snapshot]\nprefix =\n", "every LV"),
-    ("[domu-snapshot]\nfilesystems = xfs\n", "only ext2"),
+    ("[domu-snapshot]\nfilesystems = btrfs\n", "only ext2, ext3, ext4 and xfs"),
     ("[guest g]\nmount_root = /x\n", "cannot be set per guest"),
     ("[domu-snapshot\n", "cannot read"),
     # range-checked when loaded (issue 13), each naming the key

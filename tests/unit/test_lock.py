@@ -105,9 +105,27 @@ def test_a_second_job_of_one_process_is_told_why_it_waits(tmp_path):
     heard = []
     try:
         with pytest.raises(LockBusy, match=rf"another job of this process \(pid {os.getpid()}\)"):
-            RunLock(path, 0.5).acquire(on_wait=heard.append)
+            RunLock(path, 0.5).acquire(on_wait=lambda *holder: heard.append(holder))
     finally:
         first.release()
-    assert heard == [str(os.getpid())]
-    RunLock(path, 0).acquire(on_wait=heard.append).release()   # free: nobody is told to wait
-    assert heard == [str(os.getpid())]
+    assert heard == [(str(os.getpid()), "")]
+    RunLock(path, 0).acquire(on_wait=lambda *holder: heard.append(holder)).release()   # free: nobody is told to wait
+    assert heard == [(str(os.getpid()), "")]
+
+
+def test_the_holder_names_itself_and_a_canceled_waiter_stops(tmp_path):
+    """A Bareos job writes its job id and name under its pid: the waiter (and its timeout
+    message) name the job; a waiter whose job was canceled stops waiting at once."""
+    path = str(tmp_path / "lock")
+    first = RunLock(path, 0).acquire(note="Bareos job 12 (nightly)\nforged line")
+    heard = []
+    try:
+        assert open(path).read() == f"{os.getpid()}\nBareos job 12 (nightly) forged line\n"
+        with pytest.raises(LockBusy, match=r"\(pid \d+: Bareos job 12 \(nightly\) forged line\) holds"):
+            RunLock(path, 0.3).acquire(on_wait=lambda *holder: heard.append(holder))
+        with pytest.raises(LockBusy, match=r"stopped while waiting .*Bareos job 12"):
+            RunLock(path, 3600).acquire(stop=lambda: True)
+    finally:
+        first.release()
+    assert heard == [(str(os.getpid()), "Bareos job 12 (nightly) forged line")]
+    assert RunLock(path, 0).holder() == ""

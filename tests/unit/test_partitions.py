@@ -136,6 +136,54 @@ def test_crashing_probe_is_contained(monkeypatch, tmp_path):
         partitions.probe_isolated("/dev/null")
 
 
+# ------------------------------------------------------------- the probe child started ahead
+
+def test_a_child_started_ahead_reads_the_same_table_as_a_fresh_one(gpt_disk, old_xen_disk):
+    for image in (gpt_disk, old_xen_disk):
+        child = partitions.ProbeChild()
+        assert child.probe(str(image)) == partitions.probe_isolated(str(image))
+
+
+def test_a_child_started_ahead_is_isolated_like_a_fresh_one():
+    child = partitions.ProbeChild()
+    try:
+        argv = child._proc.args
+        assert argv[1] == "-I" and argv[0] == partitions._python()
+    finally:
+        child.close()
+
+
+def test_a_crash_in_a_child_started_ahead_is_contained(monkeypatch, tmp_path):
+    fake = tmp_path / "python-crash"
+    fake.write_text("#!/bin/sh\nread path\nkill -SEGV $$\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(partitions, "_python", lambda: str(fake))
+    child = partitions.ProbeChild()
+    with pytest.raises(ProbeError, match="crashed \\(SIGSEGV\\)"):
+        child.probe("/dev/null")
+
+
+def test_a_child_that_died_before_its_device_came_is_replaced_by_a_fresh_one(gpt_disk):
+    child = partitions.ProbeChild()
+    child._proc.kill()
+    child._proc.wait()
+    assert partitions.choose(child.probe(str(gpt_disk))).offset == 10 * MiB
+
+
+def test_an_unused_child_is_ended(gpt_disk):
+    from domu_snapshot.config import Config
+    from domu_snapshot.lifecycle import Runner
+    runner = Runner(Config())
+    runner.warm_up_probe()
+    first = runner._spare_probe._proc
+    assert partitions.choose(runner._probe(str(gpt_disk), warm_next=True)).offset == 10 * MiB
+    assert first.poll() == 0  # used: it probed and exited
+    spare = runner._spare_probe._proc  # the next disk's, started while this one was read
+    assert spare.poll() is None
+    runner.end_spare_probe()
+    assert spare.poll() is not None and runner._spare_probe is None
+
+
 # ------------------------------------------------------------- properties
 
 partition = st.fixed_dictionaries({

@@ -128,14 +128,31 @@ def _add_prefix(prefix, strip=""):
     return ",".join(parts + [f"!^!{prefix}!"])
 
 
-def test_strip_and_add_prefix_restore_lands_in_the_prefix(monkeypatch, tmp_path):
-    """bareos-fd 25 with regexwhere: `where` is empty and the names arrive rewritten."""
+def test_strip_and_add_prefix_restore_is_refused_with_one_fatal_line(monkeypatch, tmp_path):
+    """bareos-fd 25 with regexwhere: `where` and `regexwhere` are empty and the names arrive
+    rewritten, so the plugin cannot know the target: one M_FATAL (the real daemon then ends
+    the job) that says to restore with where=, nothing written."""
     fd_harness.install_dir_runner(monkeypatch, [])
     base = "/var/lib/domu-snapshot/mnt/vg0/domu-a"
     target = tmp_path / "r"
     records = [regular(f"{base}/etc/motd", b"hi\n"), directory(f"{base}/etc")]
     regexwhere = _add_prefix(str(target), strip="/var/lib/domu-snapshot/mnt")
     job, statuses = fd_harness.FileDaemon(DEFINITION).restore(records, None, regexwhere=regexwhere)
+    assert set(statuses.values()) == {"error"}
+    refusals = [t for t in job.fatal if "restore refused" in t]
+    assert len(refusals) == 1 and "strip_prefix" in refusals[0] and "restore with where=DIR" in refusals[0]
+    assert not target.exists()
+
+
+def test_strip_and_add_prefix_restore_lands_in_the_prefix(monkeypatch, tmp_path):
+    """A file daemon that told the plugin the regexwhere (25.1.0 does not): confined to add_prefix."""
+    fd_harness.install_dir_runner(monkeypatch, [])
+    base = "/var/lib/domu-snapshot/mnt/vg0/domu-a"
+    target = tmp_path / "r"
+    records = [regular(f"{base}/etc/motd", b"hi\n"), directory(f"{base}/etc")]
+    regexwhere = _add_prefix(str(target), strip="/var/lib/domu-snapshot/mnt")
+    job, statuses = fd_harness.FileDaemon(DEFINITION).restore(records, None, regexwhere=regexwhere,
+                                                              tells_regexwhere=True)
     assert job.errors == [], job.messages
     assert (target / "vg0" / "domu-a" / "etc" / "motd").read_bytes() == b"hi\n"
     assert set(statuses.values()) == {"extract", "created"}
@@ -148,7 +165,7 @@ def test_regexwhere_restore_stays_below_its_prefix(monkeypatch, tmp_path):
     records = [symlink("/g/etc", str(outside)), regular("/g/etc/passwd", b"x"),
                regular("/g/../../outside/evil", b"x")]
     job, statuses = fd_harness.FileDaemon(DEFINITION).restore(
-        records, None, regexwhere=_add_prefix(str(target)))
+        records, None, regexwhere=_add_prefix(str(target)), tells_regexwhere=True)
     assert statuses == {"/g/etc": "created", "/g/etc/passwd": "error",
                         "/g/../../outside/evil": "error"}
     assert os.listdir(outside) == []
@@ -159,7 +176,7 @@ def test_regexwhere_without_a_prefix_is_refused(monkeypatch, tmp_path):
     fd_harness.install_dir_runner(monkeypatch, [])
     record = regular(f"{tmp_path}/mnt/vg0/g/etc/hostname", b"x")
     job, statuses = fd_harness.FileDaemon(DEFINITION).restore(
-        [record], None, regexwhere=f"!{tmp_path}/mnt/vg0/g!!i")
+        [record], None, regexwhere=f"!{tmp_path}/mnt/vg0/g!!i", tells_regexwhere=True)
     assert statuses == {record.fname: "error"}
     assert any("has no add_prefix" in text for text in job.errors)
     assert not (tmp_path / "etc").exists()

@@ -47,6 +47,8 @@ RESTORE_LV = "bedrestore"            # not selected by the prefix: the restores'
 PLUGIN_JOB, HELPERS_JOB = "domu-snapshot-plugin", "domu-snapshot-helpers"
 PLUGIN_FILESET, HELPERS_FILESET = "domu-snapshot-plugin", "domu-snapshot-helpers"
 ONLY_BETA_JOB, THROTTLED_JOB = "bed-plugin-only-beta", "bed-plugin-throttled"
+# beta while the throttled alpha job holds the run lock: one waits for it, one gives up at once
+BETA_WAITS_JOB, BETA_GIVES_UP_JOB = "bed-plugin-beta-waits", "bed-plugin-beta-gives-up"
 CHANGED = ["etc/hostname", "home/user/notes.txt", "data/blob-03.bin"]
 DELETED = "data/blob-05.bin"
 EXTRA = "bedextra"                   # top-level directory of the extras in alpha
@@ -92,7 +94,8 @@ def leftovers(bed: Bed) -> list[str]:
     left = [f"snapshot LV {VG}/{lv['lv_name']} ({lv['lv_tags']})" for lv in lvs if "domu_snapshot" in lv["lv_tags"]]
     left += [f"LV {VG}/{lv['lv_name']}" for lv in lvs
              if lv["lv_name"] not in bed.gvg.guests and lv["lv_name"] != RESTORE_LV and "domu_snapshot" not in lv["lv_tags"]]
-    loops, mounts = guestdisks._users_of([lv for lv in lvs if lv["lv_name"] in bed.gvg.guests])
+    # loops and mounts over the guests' origins and over any snapshot (not the restores' LV)
+    loops, mounts = guestdisks._users_of([lv for lv in lvs if lv["lv_name"] != RESTORE_LV])
     left += [f"loop device {l}" for l in loops] + [f"mount {m}" for m in mounts]
     left += [f"mount {m}" for root in (bed.mount_root, bed.helpers_root) for m in _mounts_under(root)]
     return sorted(set(left))
@@ -282,7 +285,9 @@ def bed():
                                    "foreach-domu": f"{foreach_domu} --config {helpers_conf}"},
                    variants={ONLY_BETA_JOB: (PLUGIN_JOB, [f'FD Plugin Options = "python3:include={BETA}"']),
                              THROTTLED_JOB: (PLUGIN_JOB, ["Maximum Bandwidth = 300 kb/s",
-                                                          f'FD Plugin Options = "python3:include={ALPHA}"'])},
+                                                          f'FD Plugin Options = "python3:include={ALPHA}"']),
+                             BETA_WAITS_JOB: (PLUGIN_JOB, [f'FD Plugin Options = "python3:include={BETA}:lock_timeout=900"']),
+                             BETA_GIVES_UP_JOB: (PLUGIN_JOB, [f'FD Plugin Options = "python3:include={BETA}:lock_timeout=2"'])},
                    fd_env={"DOMU_SNAPSHOT_CONFIG": str(plugin_conf)}, log=note)
         b.start()
         bed = Bed(gvg=gvg, work=work, mount_root=mount_root, helpers_root=helpers_root, restore_fs=restore_fs,
@@ -306,6 +311,43 @@ def bed():
 def need(bed: Bed, *keys: str) -> None:
     missing = [k for k in keys if k not in bed.jobs]
     assert not missing, f"needs the job(s) {missing} of an earlier test"
+
+
+@contextlib.contextmanager
+def big_file(bed: Bed, mib: int):
+    """A file of `mib` MiB in alpha's origin for the duration: the throttled job (300 kB/s)
+    then reads alpha for mib / 0.3 seconds, long enough to act on it mid-job."""
+    with origin_mounted(bed.gvg.guests[ALPHA], bed.work / "origin") as root:
+        with open(root / "data" / "big.bin", "wb") as f:
+            f.write(os.urandom(mib << 20))
+            os.fsync(f.fileno())
+    try:
+        yield
+    finally:
+        with origin_mounted(bed.gvg.guests[ALPHA], bed.work / "origin") as root:
+            os.unlink(root / "data" / "big.bin")
+
+
+def wait_reading(bed: Bed, jobid: int) -> None:
+    """Until the job has a guest mounted (and is still running)."""
+    b = bed.bareos
+    deadline = time.monotonic() + 300
+    while not _mounts_under(bed.mount_root):
+        assert time.monotonic() < deadline, f"guest never mounted:\n{b.joblog(jobid)}"
+        assert b.record(jobid)["jobstatus"][:1] not in bareos_bed.FINAL_STATES, b.joblog(jobid)
+        time.sleep(0.5)
+
+
+def a_good_backup(bed: Bed) -> int:
+    """The id of a plugin backup that ended T: the suite's Full, or (in a subset run without it)
+    a Full of beta made once here."""
+    if "full" in bed.jobs:
+        return bed.jobs["full"]["jobid"]
+    if "beta_full" not in bed.jobs:
+        st = bed.bareos.wait_job(bed.bareos.run_job(ONLY_BETA_JOB, level="Full"))
+        assert st["status"] == "T", summary(st)
+        bed.jobs["beta_full"] = st
+    return bed.jobs["beta_full"]["jobid"]
 
 
 # ---------------------------------------------------------------------------------- plugin mode
@@ -345,6 +387,37 @@ def test_full_of_healthy_guests_ends_backup_ok(bed):
     # the plugin's notes on healthy guests (journal replayed, ...) are information, not warnings
     fd_warnings = [l for l in st["log"].splitlines() if re.search(r" bed-fd JobId \d+: (Warning|Error|Fatal)", l)]
     assert fd_warnings == [], summary(st)
+
+
+def test_estimate_lists_the_guests_files_and_leaves_nothing(bed):
+    """bconsole `estimate listing` (of the example Job with FD Plugin Options include= beta):
+    bareos-fd 25.1.0 sends no bEventStartBackupJob/EndBackupJob for it (filed/estimate.cc,
+    PluginEstimate in fd_plugins.cc: bEventEstimateCommand, then start_backup_file/
+    end_backup_file until done, then bEventJobEnd), so the plugin prepares the guest at the first
+    start_backup_file and tears it down after its walk. The listing has every entry a Full saved."""
+    b = bed.bareos
+    full = b.list_files(a_good_backup(bed))
+    out = b.estimate(ONLY_BETA_JOB, level="Full", listing=True)
+    m = re.search(r"2000 OK estimate files=([\d,]+) bytes=([\d,]+)", out)
+    assert m, out
+    assert leftovers(bed) == [], out
+
+    def entries(paths, lv):
+        prefix = f"{bed.mount_root}/{VG}/{lv}/"
+        return {p[len(prefix):].rstrip("/") for p in paths if p.startswith(prefix)} - {""}
+
+    # lib/attr.cc attr_to_ls_output: mode, links, owner, group, size, ctime, two spaces, the
+    # name, and for a symlink " -> " and its target
+    listed = re.findall(r"^\s*\S{10}\s+\d+ .*? -?\d+ \d{4}-\d\d-\d\d \d\d:\d\d:\d\d  (/.*?)(?: -> .*)?$", out, re.M)
+    want = entries(full, BETA)
+    assert want and entries(listed, BETA) == want, \
+        f"missing {sorted(want - entries(listed, BETA))}, extra {sorted(entries(listed, BETA) - want)}:\n{out}"
+    # the estimate ignores the Job's FD Plugin Options (include= beta): it lists the FileSet's
+    # selection, every guest (seen with 25.1.0; README)
+    assert entries(listed, ALPHA) and entries(listed, GAMMA), out
+    assert int(m.group(1).replace(",", "")) >= len(want), out
+    # the run lock is free again: the next job can start (the next tests run jobs)
+    assert bed.bareos.fd_alive()
 
 
 def test_incremental_sends_changes_and_accurate_records_the_deletion(bed):
@@ -441,13 +514,15 @@ def test_restore_with_strip_and_add_prefix_is_refused_and_writes_nothing(bed):
     """bareos-fd 25.1.0 hands a plugin neither `where` nor the regexwhere of a strip_prefix/
     add_prefix restore (seen here), so the plugin cannot keep such a restore inside a target: it
     refuses every entry with a message that says to use where=, and writes nothing anywhere."""
-    need(bed, "full")
     b = bed.bareos
     target = bed.restore_fs / "prefixed"
     strip = f"{bed.mount_root}/{VG}/"
-    rst = b.restore(None, jobid=bed.jobs["full"]["jobid"], strip_prefix=strip, add_prefix=f"{target}/")
-    assert rst["status"] != "T", summary(rst)
+    rst = b.restore(None, jobid=a_good_backup(bed), strip_prefix=strip, add_prefix=f"{target}/")
+    assert rst["status"] in ("f", "E") and "Restore OK" not in (rst["termination"] or ""), summary(rst)
     assert "restore with where=DIR" in rst["log"] and "strip_prefix" in rst["log"], summary(rst)
+    # one fatal line says it, not an error per entry
+    refusals = re.findall(r"domu-snapshot: restore refused", rst["log"])
+    assert len(refusals) == 1 and "Fatal error" in rst["log"], summary(rst)
     assert not os.path.exists(target) or not any(p.is_file() for p in target.rglob("*")), \
         list(target.rglob("*"))
     assert not os.path.exists(bed.mount_root / VG), os.listdir(bed.mount_root)
@@ -470,19 +545,10 @@ def test_job_plugin_options_override_the_filesets_key_by_key(bed):
 
 
 def test_cancel_mid_job_leaves_nothing_once_the_next_job_starts(bed):
-    need(bed, "full")
     b = bed.bareos
-    with origin_mounted(bed.gvg.guests[ALPHA], bed.work / "origin") as root:
-        with open(root / "data" / "big.bin", "wb") as f:
-            f.write(os.urandom(6 << 20))
-            os.fsync(f.fileno())
-    try:
+    with big_file(bed, 6):
         jobid = b.run_job(THROTTLED_JOB, level="Full")
-        deadline = time.monotonic() + 300
-        while not _mounts_under(bed.mount_root):
-            assert time.monotonic() < deadline, f"guest never mounted:\n{b.joblog(jobid)}"
-            assert b.record(jobid)["jobstatus"][:1] not in bareos_bed.FINAL_STATES, b.joblog(jobid)
-            time.sleep(0.5)
+        wait_reading(bed, jobid)
         time.sleep(5)                    # data flows at 300 kB/s: 6 MiB take 20 s
         assert b.record(jobid)["jobstatus"][:1] == bareos_bed.RUNNING, b.joblog(jobid)
         b.cancel(jobid)
@@ -493,9 +559,63 @@ def test_cancel_mid_job_leaves_nothing_once_the_next_job_starts(bed):
         nst = b.wait_job(nxt)
         assert leftovers(bed) == [], summary(st)
         assert nst["status"] == "T", summary(nst)
-    finally:
-        with origin_mounted(bed.gvg.guests[ALPHA], bed.work / "origin") as root:
-            os.unlink(root / "data" / "big.bin")
+
+
+def test_concurrent_jobs_on_one_client_wait_for_the_run_lock_or_give_up_naming_the_holder(bed):
+    """Client Maximum Concurrent Jobs = 4: while the throttled job reads alpha (holding the run
+    lock), a beta job with lock_timeout=900 waits, saying for whom, and then runs; one with
+    lock_timeout=2 fails at its start, saying for whom and what to do, having touched nothing."""
+    b = bed.bareos
+    with big_file(bed, 12):              # 40 s of data at 300 kB/s
+        holder = b.run_job(THROTTLED_JOB, level="Full")
+        wait_reading(bed, holder)
+        waiter = b.run_job(BETA_WAITS_JOB, level="Full")
+        quitter = b.run_job(BETA_GIVES_UP_JOB, level="Full")
+        qst = b.wait_job(quitter)
+        wst = b.wait_job(waiter)
+        hst = b.wait_job(holder)
+    assert leftovers(bed) == []
+    held_by = rf"held by another job of this process \(pid \d+: Bareos job {holder} \({THROTTLED_JOB}\."
+    assert hst["status"] == "T" and guest_names(b.list_files(holder), bed.mount_root, ALPHA), summary(hst)
+    # the waiter said why it waits, then saved beta (and only beta) and ended OK
+    assert re.search(r"waiting up to 900 s \(lock_timeout\) for the run lock, " + held_by, wst["log"]), summary(wst)
+    wfiles = b.list_files(waiter)
+    assert guest_names(wfiles, bed.mount_root, BETA) and not guest_names(wfiles, bed.mount_root, ALPHA), wfiles
+    assert wst["status"] == "T" and wst["termination"] == "Backup OK", summary(wst)
+    # the other gave up after its 2 s, naming the holder and the fix, with nothing snapshotted
+    assert qst["status"] in ("f", "E"), summary(qst)
+    assert re.search(r"waiting up to 2 s \(lock_timeout\) for the run lock, " + held_by, qst["log"]), summary(qst)
+    assert re.search(rf"Fatal error: .*domu-snapshot: cannot start: .*Bareos job {holder} .*; waited 2 s.*"
+                     r"nothing was snapshotted.*Maximum Concurrent Jobs = 1", qst["log"]), summary(qst)
+    assert not guest_names(b.list_files(quitter), bed.mount_root, BETA), summary(qst)
+    assert f"guest {BETA}" not in qst["log"], summary(qst)
+
+
+def test_kill_9_of_bareos_fd_mid_job_fails_the_job_and_the_next_job_cleans_up(bed):
+    """bareos-fd dies (SIGKILL) while it reads a mounted guest: no plugin event, no teardown. The
+    director marks the job failed; after bareos-fd is started again, the next job's start
+    removes the dead job's snapshot, loop device and mount, and the job ends OK."""
+    b = bed.bareos
+    with big_file(bed, 6):
+        jobid = b.run_job(THROTTLED_JOB, level="Full")
+        wait_reading(bed, jobid)
+        time.sleep(3)
+        assert b.record(jobid)["jobstatus"][:1] == bareos_bed.RUNNING, b.joblog(jobid)
+        killed = b.kill_fd()
+        st = b.wait_job(jobid)
+        left = leftovers(bed)
+        note(f"after kill -9 of bareos-fd {killed}: {left}")
+        try:
+            assert st["status"] in ("f", "E") and not (st["termination"] or "").startswith("Backup OK"), summary(st)
+            # what a crash leaves (else this test shows nothing)
+            assert {l.split()[0] for l in left} >= {"snapshot", "loop", "mount"}, left
+        finally:
+            bed.fd_pid = b.restart_fd()
+        nxt = b.run_job(ONLY_BETA_JOB, level="Incremental")
+        nst = b.wait_job(nxt)
+    assert leftovers(bed) == [], summary(nst)
+    assert f"removed what an earlier run left of guest {ALPHA}" in nst["log"], summary(nst)
+    assert nst["status"] == "T" and nst["termination"] == "Backup OK", summary(nst)
 
 
 # --------------------------------------------------------------------------------- helpers mode

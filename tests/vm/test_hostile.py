@@ -541,7 +541,6 @@ def test_100000_small_files(big_guest):
         sorted(tree.file_name(n) for n in range(tree.files))
     for n in range(0, tree.files, 997):                 # a sample of the content, through the mount
         assert Path(root, tree.file_name(n)).read_bytes() == tree.data(n)
-    assert seconds < 600
 
 
 def test_200_levels_deep(big_guest):

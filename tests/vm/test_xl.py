@@ -1,6 +1,7 @@
 """A Xen host run with xl, on real LVM (issue 16): the two LVs of one xl domain are one guest,
 snapshotted while the domain is paused (`xl pause` before the first snapshot, `xl unpause`
-after the last), its configuration is saved next to its mount, and nothing is left afterwards.
+after the last), its configuration is saved next to its mount, and nothing is left afterwards;
+then the same in plugin mode.
 
 Xen cannot run in this test bed: `xl` is the stand-in of tests/xl_standin.py (its output follows
 Xen's source, see there); LVM, the snapshots, loop devices, e2fsck and the mounts are real."""
@@ -40,9 +41,13 @@ def test_an_xl_domain_with_two_disks_is_paused_for_its_snapshots_and_saved_with_
                       "[guest mail]\nquiesce = suspend\n")
     try:
         check = cli(config, "check")
-        assert "ok      host: xl (configured)" in check.stdout, check.stdout + check.stderr
-        assert f"guest mail: xl domain mail, disks {VG}/domu-mail-root, {VG}/domu-mail-data, quiesce suspend" \
+        assert "ok      host kind xl (host = xl)" in check.stdout, check.stdout + check.stderr
+        assert f"guest mail ({VG}/domu-mail-root, {VG}/domu-mail-data): quiesce suspend through xl domain mail" \
             in check.stdout
+        listed = cli(config, "list").stdout.splitlines()
+        assert listed[0].split()[:3] == ["GUEST", "DISK", "VG"], listed
+        assert sorted(line.split()[:3] for line in listed[1:]) == [
+            ["mail", "domu-mail-data", VG], ["mail", "domu-mail-root", VG]]
         proc = cli(config, "mount", "mail")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "longer than" not in proc.stdout + proc.stderr
@@ -65,3 +70,22 @@ def test_an_xl_domain_with_two_disks_is_paused_for_its_snapshots_and_saved_with_
     assert down.returncode == 0, down.stdout + down.stderr
     assert guest_vg.leftovers() == []
     assert not os.path.exists(os.path.join(MOUNT_ROOT, VG, "domu-mail-root.xl.json"))
+
+    # Plugin mode does the same (the stand-in file daemon, the shipped Plugin string): one pause
+    # around both snapshots, both disks and the domain's configuration in the job, nothing left.
+    from tests import fd_harness
+    definition = fd_harness.example_plugin_definition(
+        module_path=str(fd_harness.PLUGIN_DIR), config=str(config), vg=VG, mount_root=MOUNT_ROOT)
+    result = fd_harness.FileDaemon(definition, **fd_harness.example_fileset_options()).backup()
+    assert result.status == "T", result.job.messages
+    calls = xl_standin.state_of(state_path)["calls"]
+    assert [argv[0] for argv, _ in calls].count("pause") == 2
+    assert [snaps for argv, snaps in calls if argv == ["unpause", "mail"]][-1] == \
+        ["domu-mail-data-dsnap", "domu-mail-root-dsnap"]
+    assert xl_standin.state_of(state_path)["domains"][0]["paused"] is False
+    names = {r.fname for r in result.records}
+    root = os.path.join(MOUNT_ROOT, VG)
+    assert f"{root}/domu-mail-root.xl.json" in names
+    for lv in ("domu-mail-root", "domu-mail-data"):
+        assert any(n.startswith(f"{root}/{lv}/") for n in names), lv
+    assert guest_vg.leftovers() == []

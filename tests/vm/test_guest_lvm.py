@@ -1,0 +1,188 @@
+"""LVM inside the guest disk (issue 15), on real LVM in the VM test bed, through the CLI.
+
+Guests: domu-lvdeb (Debian guided LVM: /boot ext4, then a PV whose VG is named `domutest` like
+the test bed's host VG), domu-lvubu1 and domu-lvubu2 (one PV each, VG `ubuntu-vg`, built from one
+image: the same PV and VG UUIDs, as cloned guests have). The root LV's journal needs replay.
+"""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests import guestdisks
+from tests.vm.test_core import MOUNT_ROOT, VG, cli, findmnt, mount_root_entries
+
+pytestmark = pytest.mark.vm
+
+DEB, UBU1, UBU2 = "domu-lvdeb", "domu-lvubu1", "domu-lvubu2"
+
+
+def host_vgs():
+    """The VG names the host's LVM shows (sorted, duplicates kept)."""
+    proc = subprocess.run(["vgs", "--reportformat", "json", "-o", "vg_name"], capture_output=True, text=True,
+                          check=True)
+    return sorted(row["vg_name"] for row in json.loads(proc.stdout)["report"][0]["vg"])
+
+
+def inner_dm_devices():
+    proc = subprocess.run(["dmsetup", "ls"], capture_output=True, text=True, check=True)
+    return sorted(line.split()[0] for line in proc.stdout.splitlines()
+                  if line.strip() and "No devices" not in line and ("domusnap" in line or "ubuntu--vg" in line
+                                                                     or line.startswith("domutest-root")))
+
+
+def note(text):
+    run_dir = os.environ.get("DOMU_VM_RUN_DIR")
+    if run_dir:
+        with open(os.path.join(run_dir, "guest-lvm-findings.txt"), "a") as handle:
+            handle.write(text.rstrip() + "\n")
+
+
+@pytest.fixture(scope="module")
+def lvm_guests(guest_vg):
+    made = {
+        DEB: guest_vg.add_guest(DEB, "msdos-boot-lvm", inner_vg=VG),
+        UBU1: guest_vg.add_guest(UBU1, "msdos-lvm", inner_vg="ubuntu-vg", seed="ubuntu"),
+        UBU2: guest_vg.add_guest(UBU2, "msdos-lvm", inner_vg="ubuntu-vg", seed="ubuntu"),
+    }
+    udev = subprocess.run(["udevadm", "control", "--ping"], capture_output=True, text=True)
+    config = subprocess.run(["lvmconfig", "--typeconfig", "full", "global/event_activation", "devices/scan_lvs",
+                             "devices/use_devicesfile"], capture_output=True, text=True)
+    note(f"udevd answers: {udev.returncode == 0}; /run/systemd/system: {os.path.isdir('/run/systemd/system')}; "
+         f"lvm: {' '.join(config.stdout.split())}")
+    yield made
+    for name in made:
+        guest_vg.remove_guest(name)
+
+
+@pytest.fixture
+def clean_lvm(guest_vg, lvm_guests):
+    before = host_vgs()
+    assert len(set(before)) == len(before), before
+    yield before
+    cli("cleanup")
+    assert guest_vg.leftovers() == []
+    assert mount_root_entries() == []
+    assert inner_dm_devices() == []
+    assert host_vgs() == before
+    for g in lvm_guests.values():
+        assert g.unchanged(), f"origin {g.lv_path} changed"
+
+
+def write_config(tmp_path, text):
+    path = tmp_path / "domu-snapshot.conf"
+    path.write_text("[domu-snapshot]\n" + text)
+    return str(path)
+
+
+def assert_mounted_from_inner_lv(target, g):
+    info = findmnt(target)
+    assert info is not None, f"{target} not mounted"
+    assert info["source"].startswith("/dev/mapper/domusnap_"), info
+    assert info["fstype"] == "ext4"
+    assert set("ro,nosuid,nodev,noexec".split(",")) <= set(info["options"].split(","))
+    assert guestdisks.compare_tree(target, g.tree) == []
+    with pytest.raises(OSError):
+        open(os.path.join(target, "etc", "new-file"), "w")
+
+
+def test_debian_like_guest_mounts_its_root_lv_and_the_host_vgs_stay_as_they_were(tmp_path, lvm_guests, clean_lvm):
+    g = lvm_guests[DEB]
+    conf = write_config(tmp_path, f"[guest {DEB}]\nguest_lvm = yes\n")
+    target = os.path.join(MOUNT_ROOT, VG, DEB)
+
+    listed = cli("--config", conf, "list", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["lv"] == DEB)
+    assert row["fs"] == "lvm" and row["partition"] == 2 and row["guest_lvs"].startswith(f"{VG}/root")
+    assert row["problem"] is None
+
+    proc = cli("--config", conf, "mount", DEB)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    note(f"{DEB} mount: {proc.stdout.strip()} | {proc.stderr.strip()}")
+    assert f"guest VG {VG} (as domusnap_" in proc.stdout and "LV root" in proc.stdout
+    assert "journal replayed" in proc.stdout
+    assert_mounted_from_inner_lv(target, g)
+    during = host_vgs()
+    assert len(set(during)) == len(during), f"two VGs of one name: {during}"
+    assert [v for v in during if v not in clean_lvm] == [v for v in during if v.startswith("domusnap_")]
+    assert len([v for v in during if v.startswith("domusnap_")]) == 1
+
+    proc = cli("unmount", DEB)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert findmnt(target) is None
+    assert inner_dm_devices() == []
+    assert host_vgs() == clean_lvm
+
+
+def test_two_ubuntu_guests_with_the_same_vg_and_uuids_are_mounted_at_once_by_default(lvm_guests, clean_lvm):
+    proc = cli("mount", UBU1, UBU2)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    note(f"ubuntu pair mount: {proc.stdout.strip()} | {proc.stderr.strip()}")
+    sources = set()
+    for name in (UBU1, UBU2):
+        target = os.path.join(MOUNT_ROOT, VG, name)
+        assert_mounted_from_inner_lv(target, lvm_guests[name])
+        sources.add(findmnt(target)["source"])
+    assert len(sources) == 2
+    during = host_vgs()
+    assert len(set(during)) == len(during), f"two VGs of one name: {during}"
+    assert "ubuntu-vg" not in during
+    assert len([v for v in during if v.startswith("domusnap_")]) == 2
+
+    status = cli("status", "--json")
+    assert status.returncode == 0
+    proc = cli("unmount", "--all")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert host_vgs() == clean_lvm
+
+
+def children(pid):
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+            found[int(entry)] = text[text.index("(") + 1:text.rindex(")")]
+    return found
+
+
+def test_kill_9_during_guest_lv_activation_then_cleanup_leaves_nothing(tmp_path, lvm_guests, clean_lvm):
+    # lvchange runs 3 s late (a wrapper first on the tool path): the CLI is killed while it waits
+    # for the activation, which then completes with no one left to tear it down but `cleanup`.
+    wrappers = tmp_path / "bin"
+    wrappers.mkdir()
+    wrapper = wrappers / "lvchange"
+    wrapper.write_text("#!/bin/sh\nsleep 3\nexec /sbin/lvchange \"$@\"\n")
+    wrapper.chmod(stat.S_IRWXU)
+    env = dict(os.environ, DOMU_SNAPSHOT_TOOL_PATH=f"{wrappers}:/usr/sbin:/usr/bin:/sbin:/bin")
+    argv = [sys.executable, "-m", "domu_snapshot.cli", "--no-syslog", "--vg", VG, "--mount-root", MOUNT_ROOT,
+            "--quiesce", "none", "mount", UBU1]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    child, deadline = None, time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and child is None:
+        child = next((pid for pid, comm in children(proc.pid).items() if comm in ("lvchange", "sh")), None)
+        time.sleep(0.02)
+    assert child is not None, "the CLI finished before its lvchange ran: " + "".join(proc.communicate())
+    proc.kill()
+    proc.communicate(timeout=60)
+    while os.path.exists(f"/proc/{child}"):  # the LVM command is never killed: it finishes on its own
+        time.sleep(0.1)
+    active = inner_dm_devices()
+    note(f"after kill -9 during activation: inner dm devices {active}")
+    assert any(d.startswith("domusnap_") for d in active), "the activation did not complete after the kill"
+
+    proc = cli("cleanup")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert inner_dm_devices() == []
+    assert host_vgs() == clean_lvm
