@@ -16,8 +16,9 @@ from . import __version__, commands, filesystems, guestlvm, logs, loop, mount, p
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
-from .lifecycle import Runner, Status
+from .lifecycle import Runner
 from .lock import RunLock
+from .status import Status
 
 EXIT_OK, EXIT_GUEST_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_MEANING = {EXIT_OK: "every guest ok", EXIT_GUEST_FAILED: "some guest failed or a check found a problem "

@@ -12,7 +12,8 @@ import os
 import time
 from typing import List, Optional
 
-from . import commands, filesystems, fsck, guestlvm, hooks, loop, lvm, mount, ownership, partitions, proxmox, quiesce, xfs, xl
+from . import (commands, filesystems, fsck, guestlvm, hooks, loop, lvm, mount, ownership, partitions, proxmox,
+               quiesce, xfs, xl)
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -99,7 +100,8 @@ class GuestResult:
     quiesce: str = "none"
     freeze_ms: Optional[float] = None
     notes: List[str] = dataclasses.field(default_factory=list)
-    domain_xml: str = ""  # the libvirt definition (virsh define accepts it), xl's or Proxmox's config; "" for a plain LV
+    # the libvirt definition (virsh define accepts it), xl's or Proxmox's config; "" for a plain LV
+    domain_xml: str = ""
     domain_xml_path: str = ""  # where prepare wrote it: <mount_root>/<vg>/<first lv>.domain.xml
     held_by: str = ""  # owner ("cli") of a snapshot this runner left alone; see Runner.leave_alone
 

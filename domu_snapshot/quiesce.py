@@ -672,7 +672,6 @@ class _Hold(HoldBase):
             return "agent"
         return requested  # suspend or sync on a running domain
 
-    # -- context manager
     # -- sync
     def _sync(self):
         lv = _libvirt()
