@@ -10,8 +10,10 @@ In the VM:               python -m bench --inside [options]
   the copying.
 
 Measures (issue 7): 1 prepare+teardown vs bare commands; 2 scaling of mount/unmount --all and
-query counts; 3 plugin walk and in-core reads vs os.scandir and cat; 4 snapshot exposure,
-prepare=each vs all; 5 the freeze window (bench/bench_freeze.py, if present).
+query counts; 3 plugin walk vs os.scandir (and, with --read-entries, the stand-in harness's
+reads vs cat); 4 snapshot exposure,
+prepare=each vs all; 5 the freeze window (bench/bench_freeze.py, if present); 6 (issue 12) a
+Full and an Incremental of one guest on a real Bareos 25, plugin mode vs helpers mode.
 Every figure is a ratio of two arms run side by side, interleaved, in one VM run.
 Timings are never asserted; the exit code is 0 when every selected measure ran.
 """
@@ -39,7 +41,7 @@ VG_PREFIX = "dsbench"
 
 def parser():
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default="1,2,3,4,5", help="measures to run, e.g. 1,3 (default all)")
+    p.add_argument("--only", default="1,2,3,4,5,6", help="measures to run, e.g. 1,3 (default all)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: few repetitions, 1/3/6 guests, 5,000 files (figures not meaningful)")
     p.add_argument("--reps", type=int, default=2, help="1: timed runs of each arm (default 2, order ABBA)")
@@ -54,12 +56,18 @@ def parser():
     p.add_argument("--files", type=int, default=100_000, help="3: entries in the big guest (default 100000)")
     p.add_argument("--walk-reps", type=int, default=2, help="3: walks of each arm (default 2)")
     p.add_argument("--read-reps", type=int, default=1, help="3: read passes of each arm (default 1)")
-    p.add_argument("--read-entries", type=int, default=5000,
-                   help="3: entries of the guest the harness job reads (default 5000; it costs ms per entry)")
+    p.add_argument("--read-entries", type=int, default=0,
+                   help="3: entries of the guest the stand-in harness job reads, against cat (default 0: "
+                        "not run; measure 6 reads through the real bareos-fd; about 5000 is a useful size)")
     p.add_argument("--exposure-guests", type=int, default=5, help="4: guests (default 5)")
     p.add_argument("--exposure-reps", type=int, default=1, help="4: jobs of each mode (default 1)")
     p.add_argument("--freeze-runs", type=int, default=2, help="5: --runs for bench_freeze.py (default 2)")
     p.add_argument("--freeze-timeout", type=float, default=900, help="5: seconds before it is stopped")
+    p.add_argument("--bareos-files", type=int, default=12_000,
+                   help="6: entries in the guest Bareos backs up (default 12000)")
+    p.add_argument("--bareos-reps", type=int, default=2, help="6: jobs of each mode and level (default 2, ABBA)")
+    p.add_argument("--bareos-warmup", type=int, default=1,
+                   help="6: untimed Fulls of each mode first (default 1)")
     p.add_argument("--no-stage", dest="stage", action="store_false",
                    help="run the venv's editable install of domu-snapshot, not a host-like copy (bench/stage.py)")
     p.add_argument("--inside", action="store_true", help="run the measures here (in the VM)")
@@ -75,8 +83,8 @@ def apply_quick(args):
     if args.quick:
         args.reps, args.warmup, args.scale, args.single_reps = 2, 0, "1,3,6", 2
         args.files, args.walk_reps, args.read_reps, args.exposure_guests = 5000, 1, 1, 3
-        args.read_entries = 1500
         args.freeze_runs = 1
+        args.bareos_files, args.bareos_reps, args.bareos_warmup = 2000, 1, 0
     args.scale = sorted({int(x) for x in str(args.scale).split(",") if x.strip()})
     args.only = {x.strip() for x in str(args.only).split(",") if x.strip()}
     args.vg_prefix = VG_PREFIX
@@ -144,13 +152,13 @@ def inside(args):
             traceback.print_exc()
             rows.append(report.Row(number, title, "", note=f"FAILED: {text[:160]}").finish())
             details[f"m{number}"] = {"error": text, "traceback": traceback.format_exc()}
-            for left in reap(ctx, [f"{VG_PREFIX}{n}" for n in ("1", "2", "w")]):
+            for left in reap(ctx, [f"{VG_PREFIX}{n}" for n in ("1", "2", "w", "6")]):
                 ctx.log(f"cleanup after measure {number}: {left}")
         details.setdefault("measure_seconds", {})[number] = time.monotonic() - started
         ctx.log(f"=== {number} done in {time.monotonic() - started:.0f} s")
         _write(out_dir, rows, details, meta)   # partial results survive a later crash
 
-    from bench import m1_prepare, m2_scaling, m3_walk, m4_exposure, m5_freeze
+    from bench import m1_prepare, m2_scaling, m3_walk, m4_exposure, m5_freeze, m6_bareos
     attempt("1", "prepare + teardown of one guest vs bare commands", m1_prepare.run_measure, ctx, args)
     if {"2", "4"} & args.only:
         size = 64 + (max(args.scale + [args.exposure_guests]) * 56)
@@ -170,6 +178,7 @@ def inside(args):
                 shared.destroy()
     attempt("3", "plugin walk and in-core reads", m3_walk.run_measure, ctx, args, f"{VG_PREFIX}w")
     attempt("5", "freeze window (bench/bench_freeze.py)", m5_freeze.run_measure, ctx, args)
+    attempt("6", "real Bareos: plugin mode vs helpers mode", m6_bareos.run_measure, ctx, args, f"{VG_PREFIX}6")
     meta["seconds"] = round(ctx.elapsed())
     rows.sort(key=lambda r: r.measure)
     _write(out_dir, rows, details, meta)
@@ -209,7 +218,7 @@ def _emulation():
 
 def _args_text(args):
     keys = ("quick", "only", "reps", "warmup", "scale", "scale_reps", "single_reps", "files", "walk_reps", "read_reps", "read_entries",
-            "exposure_guests", "exposure_reps", "freeze_runs", "stage", "rewrite")
+            "exposure_guests", "exposure_reps", "freeze_runs", "bareos_files", "bareos_reps", "bareos_warmup", "stage", "rewrite")
     return " ".join(f"{k}={','.join(sorted(map(str, v))) if isinstance(v, (set, list)) else v}"
                     for k, v in ((k, getattr(args, k)) for k in keys))
 

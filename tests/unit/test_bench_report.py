@@ -181,3 +181,27 @@ def test_measure_3_arms_run_end_to_end_on_a_small_host_tree(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"walk of [\d,]+ entries .* plugin generator [\d.]+ us/entry", out), out
     assert re.search(r"in-core reads of [\d,]+ files", out), out
+
+
+def test_measure_6_rates_come_from_each_arms_own_jobs():
+    """Files/s and MiB/s of a Full, entries checked/s of an Incremental, per mode, from the
+    medians of that mode's jobs (a helpers job's extra directory entries count for helpers only)."""
+    from bench import m6_bareos
+    mib = 2 ** 20
+    runs = [dict(arm="plugin", level="Full", seconds=s, files=1000, bytes=40 * mib, steps={"guest_s": s - 1})
+            for s in (10, 30, 20)]
+    runs += [dict(arm="helpers", level="Full", seconds=s, files=1003, bytes=50 * mib,
+                  steps={"mount_s": 2.0, "unmount_s": 1.0}) for s in (25, 25)]
+    runs += [dict(arm="plugin", level="Incremental", seconds=5, files=0, bytes=0),
+             dict(arm="helpers", level="Incremental", seconds=4, files=2, bytes=0)]
+    details = {"tree": {"entries": 1000}, "runs": runs}
+    full, full_mib, incr = m6_bareos.rows(None, details)
+    assert (full.ours, full.base) == (1000 / 20, 1003 / 25)
+    assert (full_mib.ours, full_mib.base) == (2.0, 2.0) and full_mib.verdict() == "ok"
+    assert (incr.ours, incr.base) == (1000 / 5, 1003 / 4) and incr.verdict() == "MISSED"
+    assert "median of 3 jobs each" in full.note and full.target == ">= 0.95"
+    assert "guest took 19.0 s" in full.note and "mount 2.0 s + unmount 1.0 s around a native walk of about 22 s" \
+        in full.note, full.note
+    assert "guest took" not in incr.note     # those jobs logged no steps
+    # without Incrementals (a run cut short) the Full rows stand alone
+    assert len(m6_bareos.rows(None, {"tree": {"entries": 1000}, "runs": runs[:5]})) == 2
