@@ -25,6 +25,7 @@ would load the VM's two CPUs) is kept in the details; it adds the director's own
 a job, alike in both modes.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -102,13 +103,16 @@ def _step_seconds(arm, log):
     return out
 
 
-def run_measure(ctx, opts, vg_name):
+@contextlib.contextmanager
+def bareos_with_guest(scratch, staged, vg_name, entries, log, fd_env=None):
+    """A guest LV of `entries` entries (the tree of measure 3) in a VG of its own and a started
+    Bareos bed whose example Jobs back it up; yields (bed, details). Everything is removed after."""
     from tests import bareos_bed, guestdisks
 
     work = Path(tempfile.mkdtemp(prefix="dsbench-bareos-", dir="/tmp"))
     os.chmod(work, 0o755)                 # the catalog below it runs as user postgres
-    tree = ctx.work / "tree6"
-    made = m3_walk.build_tree(tree, m3_walk.plan_tree(opts.bareos_files))
+    tree = Path(scratch) / "tree6"
+    made = m3_walk.build_tree(tree, m3_walk.plan_tree(entries))
     size = m3_walk.fs_size_mib(made)
     gvg = guestdisks.GuestVG(vg_name, size_mib=int(size * 1.6) + 64).create()
     details = {"tree": made, "fs_mib": size, "runs": []}
@@ -118,20 +122,36 @@ def run_measure(ctx, opts, vg_name):
         run(["mkfs.ext4", "-q", "-F", "-b", str(m3_walk.BLOCK), "-N", str(int(made["entries"] * 1.1) + 1024),
              "-d", str(tree), f"/dev/{vg_name}/{LV}"])
         shutil.rmtree(tree)
-        ctx.log(f"m6: guest {LV}: {made['entries']} entries, {made['bytes'] / 2 ** 20:.0f} MiB, ext4 of {size} MiB")
+        log(f"m6: guest {LV}: {made['entries']} entries, {made['bytes'] / 2 ** 20:.0f} MiB, ext4 of {size} MiB")
         # equal-length roots: the catalog's paths cost the same in both modes
         plugin_root, helpers_root = work / "pmnt", work / "hmnt"
         plugin_conf = _config(work / "plugin.conf", vg_name, plugin_root)
         helpers_conf = _config(work / "helpers.conf", vg_name, helpers_root)
-        foreach = _foreach_script(work, ctx.staged)
+        foreach = _foreach_script(work, staged)
         bed = bareos_bed.Bareos(
             work / "bareos", plugin_values={"mount_root": str(plugin_root), "guest LV prefix": PREFIX},
             helpers_values={"mount_root": str(helpers_root), "foreach-domu": f"{foreach} --config {helpers_conf}"},
-            fd_env={"DOMU_SNAPSHOT_CONFIG": str(plugin_conf)}, log=ctx.log)
+            fd_env={"DOMU_SNAPSHOT_CONFIG": str(plugin_conf), **(fd_env or {})}, log=log)
         bed.start()
         details["bareos"] = {"origin": bed.inst.origin, "start_s": sum(bed.timings.values())}
         # the plugin's core compiled once, as a package install leaves it (the helpers' copy is too)
-        run([ctx.staged["python"] if ctx.staged else "python3", "-m", "compileall", "-q", str(bed.plugin_dir)])
+        run([staged["python"] if staged else "python3", "-m", "compileall", "-q", str(bed.plugin_dir)])
+        yield bed, details
+    finally:
+        if bed is not None:
+            bed.stop()
+        if helpers_root_mounted(work):
+            run([_foreach_script(work, staged), "--config", str(work / "helpers.conf"), "unmount"], check=False)
+        if tree.exists():
+            shutil.rmtree(tree)
+        try:
+            guestdisks.destroy_vg(vg_name, gvg.workdir, expected_lvs={LV})
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_measure(ctx, opts, vg_name):
+    with bareos_with_guest(ctx.work, ctx.staged, vg_name, opts.bareos_files, ctx.log) as (bed, details):
         # untimed: the first job of a fresh Bareos labels the volume and the first plugin job
         # imports the core into bareos-fd's Python; a host's nightly jobs pay neither
         for _ in range(opts.bareos_warmup):
@@ -143,19 +163,8 @@ def run_measure(ctx, opts, vg_name):
             for arm in interleaved(list(ARMS), opts.bareos_reps):
                 res = timed_job(bed, arm, level)
                 details["runs"].append(res)
-                ctx.log(f"m6: {arm} {level}: {res['seconds']:.0f} s (wall {res['wall_s']:.1f} s; {res['steps']}), {res['files']} files, "
-                        f"{(res['bytes'] or 0) / 2 ** 20:.1f} MiB (job {res['jobid']})")
-    finally:
-        if bed is not None:
-            bed.stop()
-        if helpers_root_mounted(work):
-            run([_foreach_script(work, ctx.staged), "--config", str(work / "helpers.conf"), "unmount"], check=False)
-        if tree.exists():
-            shutil.rmtree(tree)
-        try:
-            guestdisks.destroy_vg(vg_name, gvg.workdir, expected_lvs={LV})
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+                ctx.log(f"m6: {arm} {level}: {res['seconds']:.0f} s (wall {res['wall_s']:.1f} s; {res['steps']}), "
+                        f"{res['files']} files, {(res['bytes'] or 0) / 2 ** 20:.1f} MiB (job {res['jobid']})")
     return rows(opts, details), details
 
 
