@@ -11,9 +11,9 @@ In the VM:               python -m bench --inside [options]
 
 Measures (issue 7): 1 prepare+teardown vs bare commands; 2 scaling of mount/unmount --all and
 query counts; 3 plugin walk vs os.scandir (and, with --read-entries, the stand-in harness's
-reads vs cat); 4 snapshot exposure,
-prepare=each vs all; 5 the freeze window (bench/bench_freeze.py, if present); 6 (issue 12) a
-Full and an Incremental of one guest on a real Bareos 25, plugin mode vs helpers mode.
+reads vs cat); 4 snapshot exposure, prepare=each vs all; 5 the freeze window
+(bench/bench_freeze.py, if present); 6 (issue 12) a Full and an Incremental of one guest on a
+real Bareos 25, plugin mode vs helpers mode.
 Every figure is a ratio of two arms run side by side, interleaved, in one VM run.
 Timings are never asserted; the exit code is 0 when every selected measure ran.
 """

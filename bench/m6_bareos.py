@@ -15,9 +15,9 @@ Both prepare and tear down inside the job, so the job time holds the same steps 
 First an untimed Full of each mode (--bareos-warmup): the first job of a fresh Bareos labels its
 volume, and the first plugin job imports the core into bareos-fd's Python.
 
-6a. a Full: files/s (JobFiles) and MiB/s (JobBytes) over the job's wall time;
+6a. a Full: files/s (JobFiles) and MiB/s (JobBytes) over the job's time;
 6b. an Incremental right after, nothing changed in the guest: entries checked per second (the
-    Full's JobFiles over the job's wall time; Accurate is on in both examples).
+    Full's JobFiles over the Incremental's time; Accurate is on in both examples).
 The time of a job is Bareos's own (EndTime - StartTime of the catalog, the job log's "Elapsed
 time", whole seconds): what an admin sees. The wall time from bconsole `run` to the job's
 "Termination:" line in the Messages file (read from the file, not by polling the director, which
@@ -104,13 +104,14 @@ def _step_seconds(arm, log):
 
 
 @contextlib.contextmanager
-def bareos_with_guest(scratch, staged, vg_name, entries, log, fd_env=None):
+def bareos_with_guest(scratch, staged, vg_name, entries, log):
     """A guest LV of `entries` entries (the tree of measure 3) in a VG of its own and a started
     Bareos bed whose example Jobs back it up; yields (bed, details). Everything is removed after."""
     from tests import bareos_bed, guestdisks
 
     work = Path(tempfile.mkdtemp(prefix="dsbench-bareos-", dir="/tmp"))
     os.chmod(work, 0o755)                 # the catalog below it runs as user postgres
+    foreach = _foreach_script(work, staged)
     tree = Path(scratch) / "tree6"
     made = m3_walk.build_tree(tree, m3_walk.plan_tree(entries))
     size = m3_walk.fs_size_mib(made)
@@ -127,11 +128,10 @@ def bareos_with_guest(scratch, staged, vg_name, entries, log, fd_env=None):
         plugin_root, helpers_root = work / "pmnt", work / "hmnt"
         plugin_conf = _config(work / "plugin.conf", vg_name, plugin_root)
         helpers_conf = _config(work / "helpers.conf", vg_name, helpers_root)
-        foreach = _foreach_script(work, staged)
         bed = bareos_bed.Bareos(
             work / "bareos", plugin_values={"mount_root": str(plugin_root), "guest LV prefix": PREFIX},
             helpers_values={"mount_root": str(helpers_root), "foreach-domu": f"{foreach} --config {helpers_conf}"},
-            fd_env={"DOMU_SNAPSHOT_CONFIG": str(plugin_conf), **(fd_env or {})}, log=log)
+            fd_env={"DOMU_SNAPSHOT_CONFIG": str(plugin_conf)}, log=log)
         bed.start()
         details["bareos"] = {"origin": bed.inst.origin, "start_s": sum(bed.timings.values())}
         # the plugin's core compiled once, as a package install leaves it (the helpers' copy is too)
@@ -141,7 +141,7 @@ def bareos_with_guest(scratch, staged, vg_name, entries, log, fd_env=None):
         if bed is not None:
             bed.stop()
         if helpers_root_mounted(work):
-            run([_foreach_script(work, staged), "--config", str(work / "helpers.conf"), "unmount"], check=False)
+            run([foreach, "--config", str(work / "helpers.conf"), "unmount"], check=False)
         if tree.exists():
             shutil.rmtree(tree)
         try:

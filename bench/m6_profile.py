@@ -121,6 +121,7 @@ def main(argv=None):
             for path in sorted(set(out_dir.glob("plugin-profile-*.txt")) - before):
                 print(f"--- {path}")
                 print("\n".join(path.read_text().splitlines()[:12]))
+    scratch.rmdir()
     return 0
 
 
