@@ -12,13 +12,12 @@ import shutil
 import signal
 import sys
 
-from . import __version__, commands, filesystems, guestlvm, logs, loop, mount, partitions
+from . import __version__, commands, filesystems, guestlvm, logs, loop, mount, partitions, report
 from .commands import CommandError
 from .config import QUIESCE_LEVELS, effective_config, load_config
 from .errors import DomuError, LockBusy, ProbeError, one_line
 from .lifecycle import Runner
 from .lock import RunLock
-from .status import Status
 
 EXIT_OK, EXIT_GUEST_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_MEANING = {EXIT_OK: "every guest ok", EXIT_GUEST_FAILED: "some guest failed or a check found a problem "
@@ -243,29 +242,9 @@ def foreach_main(argv=None):
 # ----------------------------------------------------------------- commands
 
 def _line(out, result):
-    """One line per guest: result, detail, time."""
-    name = result.guest.name
-    if result.status == Status.FAILED:
-        out("error", f"FAILED  {result.error}  ({result.seconds:.1f}s)")
-    elif result.status == Status.SKIPPED:
-        out("warning", f"SKIPPED {name}: {'; '.join(result.notes)}")
-        return
-    elif result.status == Status.HELD:
-        out("warning", f"HELD    {name}: {'; '.join(result.notes)}")
-        return
-    else:
-        detail = "; ".join(d.describe() for d in result.disks) if result.action == "mount" else "torn down"
-        if result.action == "mount" and result.disks:
-            detail += " -> " + ", ".join(d.mount_path for d in result.disks if d.mounted)
-        if result.action == "unmount":
-            peaks = [d.peak_percent for d in result.disks if d.peak_percent is not None]
-            if peaks:
-                detail += f", snapshot peak use {max(peaks):.1f}%"
-        if result.quiesce != "none" or result.freeze_ms is not None:
-            detail += f", quiesce {result.quiesce}" + (f" {result.freeze_ms:.0f} ms" if result.freeze_ms is not None else "")
-        out("info", f"OK      {name}: {detail}  ({result.seconds:.1f}s)")
-    for note in result.notes:
-        out("warning", f"        {name}: {note}")
+    """One line per guest (result, detail, time), then its notes."""
+    for level, text in report.lines(result):
+        out(level, text)
 
 
 def cmd_mount(runner, args, out):

@@ -10,7 +10,7 @@ import dataclasses
 import fnmatch
 import os
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from . import (commands, filesystems, fsck, guestlvm, hooks, loop, lvm, mount, ownership, partitions, proxmox,
                quiesce, xfs, xl)
@@ -18,6 +18,7 @@ from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
 from .status import Status
+from .system import System
 
 
 # ------------------------------------------------------------------ records
@@ -131,6 +132,7 @@ class SystemState:
     loops: list  # loop.LoopDevice
     snapshots: dict  # "vg/name" -> LogicalVolume of our tagged snapshots
     pools: dict = dataclasses.field(default_factory=dict)  # "vg/pool" -> LogicalVolume of thin pools
+    holder_paths: Callable = guestlvm.holder_paths  # loop name -> device paths of guest LVs on it
 
     def our_loops(self):
         """Loop device name -> our snapshot behind it (matched by the backing device's rdev)."""
@@ -157,26 +159,27 @@ class SystemState:
             (ours if mine else foreign).append((target, source))
         return ours, foreign
 
-    @staticmethod
-    def inner_devices(loops):
+    def inner_devices(self, loops):
         """Device paths (resolved) of the guest LVs active on our loop devices (LVM inside a guest):
         the device-mapper devices holding them (/sys/block/loopN/holders)."""
         found = set()
         for name in loops:
-            found |= {os.path.realpath(path) for path in guestlvm.holder_paths(name)}
+            found |= {os.path.realpath(path) for path in self.holder_paths(name)}
         return found
 
 
 # ------------------------------------------------------------------- runner
 
 class Runner:
-    def __init__(self, config, log=None, owner=""):
+    def __init__(self, config, log=None, owner="", system=None):
         """`owner`: "cli" (domu-snapshot), "plugin" (the Bareos plugin) or "" (no owner tag: only
-        for callers that hold the run lock for as long as their snapshots live)."""
+        for callers that hold the run lock for as long as their snapshots live). `system`: the
+        host's storage calls (system.System; the host unit tests pass a model of a host)."""
         if owner and owner not in lvm.OWNER_TAGS:
             raise ValueError(f"unknown runner owner {owner!r}")
         self.cfg = config
         self.owner = owner
+        self.system = system or System()
         self.leave_alone = ownership.LEAVE_ALONE.get(owner, frozenset())
         self._log = log or (lambda level, message: None)
         self._volumes = None
@@ -233,7 +236,7 @@ class Runner:
 
     def discover(self, names=None):
         """Guests from one `lvs` report; `names` (LV names or vg/lv) selects some."""
-        self._volumes = lvm.report(self.cfg.vgs)
+        self._volumes = self.system.volumes(self.cfg.vgs)
         candidates = [lv for lv in self._volumes if self._is_candidate(lv)]
         look_alike = lvm.PREFIX if self.proxmox else lvm.SUFFIX
         for lv in self._volumes:
@@ -478,7 +481,7 @@ class Runner:
             if commands.is_dry_run():
                 self._print_plan(guest)
                 return result
-            commands.settle(self.cfg.settle_timeout)
+            self.system.settle(self.cfg.settle_timeout)
             for index, disk in enumerate(guest.disks):
                 result.disks.append(self._mount_disk(guest, disk, more_disks=index + 1 < len(guest.disks)))
                 if result.disks[-1].inner_note:
@@ -503,7 +506,7 @@ class Runner:
         """Start the next partition probe's child now, so that its start (Python, libparted)
         overlaps the snapshots instead of following them."""
         if self._spare_probe is None:
-            self._spare_probe = partitions.ProbeChild()
+            self._spare_probe = self.system.probe_child()
 
     def _probe(self, path, warm_next=False):
         """The partition table of `path`, read in the spare child if one was started."""
@@ -511,7 +514,7 @@ class Runner:
         if warm_next:
             self.warm_up_probe()  # the next disk's, while this one is read
         if child is None:
-            return partitions.probe_isolated(path)
+            return self.system.probe(path)
         return child.probe(path)
 
     def end_spare_probe(self):
@@ -548,7 +551,7 @@ class Runner:
                 spec = self.cfg.for_disk(guest, disk, "snapshot_size")
                 chunk = self.cfg.for_disk(guest, disk, "chunk_size")
                 try:
-                    lvm.create_snapshot(disk.origin, spec, chunk, self.owner, disk.naming)
+                    self.system.create_snapshot(disk.origin, spec, chunk, self.owner, disk.naming)
                 except CommandError as exc:
                     raise GuestError(guest.name, "snapshot", exc.summary(),
                                      f"check free space (vgs {disk.vg}) and leftovers (domu-snapshot status)") from None
@@ -678,14 +681,14 @@ class Runner:
             raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
         mode = self.cfg.for_disk(guest, disk, "guest_lvm")
         partition = self.cfg.for_disk(guest, disk, "partition")
-        pv = guestlvm.find_pv(probed, snapshot, partition) if mode != "no" else None
+        pv = self.system.find_pv(probed, snapshot, partition) if mode != "no" else None
         if pv is not None and mode == "yes":
-            return guestlvm.bring_up(guest, disk, snapshot, pv, result, self.cfg)
+            return self.system.bring_up_guest_vg(guest, disk, snapshot, pv, result, self.cfg)
         try:
             choice = partitions.choose(probed, partition, self.cfg.filesystems)
         except ProbeError as exc:
             if pv is not None:  # guest_lvm = auto: the guest's VG when no ext partition is chosen
-                return guestlvm.bring_up(guest, disk, snapshot, pv, result, self.cfg)
+                return self.system.bring_up_guest_vg(guest, disk, snapshot, pv, result, self.cfg)
             if partitions.only_swap(probed):
                 result.note = "holds only swap"
                 return result
@@ -698,7 +701,7 @@ class Runner:
         if kind is None:
             raise GuestError(guest.name, "partition", f"{disk.key}: {choice.describe()}: not a filesystem this "
                              f"tool can replay and mount", f"filesystems takes {', '.join(filesystems.SUPPORTED)}")
-        superblock = filesystems.read_superblock(snapshot, choice.offset, choice.fs)
+        superblock = self.system.superblock(snapshot, choice.offset, choice.fs)
         if superblock is None:
             name = "ext" if kind is filesystems.EXT else choice.fs
             raise GuestError(guest.name, "partition", f"{disk.key}: no {name} superblock at byte {choice.offset}",
@@ -713,7 +716,7 @@ class Runner:
                 f"{disk.key}: the {superblock.fs} filesystem claims {superblock.size} bytes but its partition "
                 f"holds {choice.size}: the partition table or the filesystem is damaged", kind.resize_hint)
         try:
-            result.loop = loop.attach(snapshot, choice.offset, choice.size, choice.sector_size)
+            result.loop = self.system.attach_loop(snapshot, choice.offset, choice.size, choice.sector_size)
         except CommandError as exc:
             raise GuestError(guest.name, "loop device", exc.summary(),
                              "check for free loop devices (losetup --list) and that the loop module is loaded") from None
@@ -723,13 +726,13 @@ class Runner:
         except OSError as exc:
             raise GuestError(guest.name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
         try:
-            result.journal = kind.replay(result.loop, disk.mount_path, self.cfg.busy_retries)
+            result.journal = self.system.replay(kind, result.loop, disk.mount_path, self.cfg.busy_retries)
         except ProbeError as exc:
             raise GuestError(guest.name, "journal check", exc.message, exc.hint) from None
         except CommandError as exc:
             raise GuestError(guest.name, kind.replay_step, exc.summary(), kind.replay_hint) from None
         try:
-            kind.mount(result.loop, disk.mount_path, superblock.fs)
+            self.system.mount(kind, result.loop, disk.mount_path, superblock.fs)
         except CommandError as exc:
             raise GuestError(guest.name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
         result.mounted = True
@@ -748,12 +751,13 @@ class Runner:
         if reuse_report and self._volumes is not None:
             volumes = self._volumes
         else:
-            volumes = lvm.report(() if every_vg else self.cfg.vgs)
+            volumes = self.system.volumes(() if every_vg else self.cfg.vgs)
         return SystemState(
-            mounts=mount.under(self.cfg.mount_root),
-            loops=loop.list_all(),
+            mounts=self.system.mounts_under(self.cfg.mount_root),
+            loops=self.system.loops(),
             snapshots={lv.key: lv for lv in volumes if lv.ours},
             pools={lv.key: lv for lv in volumes if lv.is_thin_pool},
+            holder_paths=self.system.holder_paths,
         )
 
     def teardown(self, guests, state=None, stale=False):
@@ -812,16 +816,16 @@ class Runner:
                                             f"a loop device over one of our snapshots: not ours, not touched")
                 for target, _source in ours:
                     if target == disk.mount_path or target.startswith(disk.mount_path + os.sep):
-                        mount.unmount(target, self.cfg.busy_retries)
+                        self.system.unmount(target, self.cfg.busy_retries)
                 for snapshot in snapshots:
                     if snapshot.major is not None:
                         mine = [d.name for d in state.loops if d.backing_rdev() == (snapshot.major, snapshot.minor)]
                         step = "guest VG deactivation"
                         for name in mine:
-                            guestlvm.deactivate(name, self.cfg.busy_retries)  # LVM inside the guest, if active
+                            self.system.deactivate_guest_vg(name, self.cfg.busy_retries)  # LVM inside the guest, if active
                         step = "loop detach"
                         for name in mine:
-                            loop.detach(name, self.cfg.busy_retries)
+                            self.system.detach_loop(name, self.cfg.busy_retries)
                     disk_result.peak_percent = snapshot.snap_percent
                     if snapshot.is_classic_snapshot and snapshot.invalid and stale:
                         result.notes.append(
@@ -845,7 +849,7 @@ class Runner:
                     elif full:
                         result.fail(_pool_full_error(guest.name, snapshot, pool, full))
                     step = "snapshot removal"
-                    lvm.remove_snapshot(snapshot, self.cfg.busy_retries)
+                    self.system.remove_snapshot(snapshot, self.cfg.busy_retries)
                 self._remove_files(disk.mount_path)
             except CommandError as exc:
                 result.fail(GuestError(

@@ -228,7 +228,9 @@ def _probe_output(path, returncode, stdout, stderr):
     try:
         return json.loads(stdout)
     except ValueError:
-        raise ProbeError(f"the partition-table reader gave unreadable output for {path}") from None
+        raise ProbeError(f"the partition-table reader gave unreadable output for {path}",
+                         "run `python3 -m domu_snapshot.partitions DEVICE` on the snapshot to see what it "
+                         "prints; the backup of this guest was not made") from None
 
 
 # The same child, started before its device exists: it loads Python, this module and libparted

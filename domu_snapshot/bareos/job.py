@@ -9,7 +9,7 @@ import time
 
 import bareosfd
 
-from .. import commands, logs
+from .. import commands, logs, report
 from ..config import load_config
 from ..errors import DomuError, LockBusy, one_line
 from ..lock import describe_holder
@@ -239,10 +239,10 @@ class PluginJob:
                 self.roots[root] = "walking"
                 self.dev_ids.setdefault(root, len(self.dev_ids) + 1)
 
-                def report(level, text, _guest=guest.name):
+                def say(level, text, _guest=guest.name):
                     self.job(level, f"guest {_guest}: {text}")
 
-                walker = disk_entries(root, self.dev_ids[root], stats, report)
+                walker = disk_entries(root, self.dev_ids[root], stats, say)
                 while True:
                     try:
                         entry = next(walker)
@@ -253,8 +253,7 @@ class PluginJob:
                     except Exception as exc:  # e.g. the mount vanished: this guest only
                         self.roots[root] = "failed"
                         self.lose(guest.name)
-                        report(bareosfd.M_ERROR, f"reading {root} failed after {stats.entries} "
-                                                 f"entries: {exc}")
+                        say(bareosfd.M_ERROR, f"reading {root} failed after {stats.entries} entries: {exc}")
                         break
                     if self.canceled:
                         return
@@ -292,28 +291,21 @@ class PluginJob:
         self.job(bareosfd.M_INFO, self.summary(guest, result, teardown, stats))
 
     def summary(self, guest, result, teardown, stats):
-        disks = "; ".join(d.describe() for d in result.disks if d.mounted)
-        peaks = [d.peak_percent for d in (teardown.disks if teardown else [])
-                 if d.peak_percent is not None]
         seconds = (time.monotonic() - stats.started + float(result.seconds or 0)
                    + float(teardown.seconds if teardown else 0))
         # what was sent: in an Incremental the file daemon reads only changed files, and a
         # hard-linked file once
-        parts = [f"guest {guest.name}: {disks}",
-                 f"{stats.entries} entries ({_size(stats.bytes)}), {stats.files_read} files read "
-                 f"({_size(stats.bytes_read)})"]
+        sent = [f"{stats.entries} entries ({report.size(stats.bytes)}), {stats.files_read} files read "
+                f"({report.size(stats.bytes_read)})"]
         if stats.bad_names:
-            parts.append(f"{stats.bad_names} not saved (names not UTF-8)")
+            sent.append(f"{stats.bad_names} not saved (names not UTF-8)")
         if stats.unreadable:
-            parts.append(f"{stats.unreadable} unreadable")
+            sent.append(f"{stats.unreadable} unreadable")
         if stats.read_errors:
-            parts.append(f"{stats.read_errors} read errors")
-        parts.append(f"snapshot peak use {max(peaks):.1f}%" if peaks else "snapshot peak use unknown")
-        if result.quiesce and result.quiesce != "none":
-            freeze = f" {result.freeze_ms:.0f} ms" if result.freeze_ms is not None else ""
-            parts.append(f"quiesce {result.quiesce}{freeze}")
-        parts.append(f"{seconds:.1f} s")
-        return ", ".join(parts)
+            sent.append(f"{stats.read_errors} read errors")
+        peak_use = report.peaks(teardown) if teardown is not None else []
+        return f"guest {guest.name}: " + report.detail(result, ", ".join(sent), peak_use, paths=False,
+                                                       seconds=seconds)
 
     def teardown(self, guest):
         """Idempotent; only for guests this job prepared. Returns the GuestResult or None."""
@@ -562,11 +554,3 @@ class PluginJob:
 
     def restore_object_data(self, rop):
         return bareosfd.bRC_OK
-
-
-def _size(n):
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024.0
-    return f"{n} B"

@@ -17,7 +17,7 @@ from domu_snapshot import lvm, proxmox, qga, qmp
 from domu_snapshot.config import Config, load_config
 from domu_snapshot.errors import DomuError, GuestError
 from domu_snapshot.lifecycle import Runner
-from tests.unit.test_lvm_names import volume
+from tests.unit.test_lvm import volume
 
 
 # ------------------------------------------------------------------ names and configs
