@@ -406,9 +406,9 @@ def bring_up(guest, disk, snapshot, choice, result, cfg):
     """Loop device over the PV partition, the guest VG renamed and its LV activated, replayed and
     mounted at the disk's path. Raises GuestError; what it created is torn down by the caller's
     teardown, which derives it from the system (the loop device over our snapshot, its holders)."""
-    from . import fsck, loop, mount
+    from . import filesystems, loop, mount
     from .commands import CommandError
-    from .errors import GuestError
+    from .errors import GuestError, ProbeError
 
     name = guest.name
     where = choice.where(disk.key)
@@ -458,26 +458,28 @@ def bring_up(guest, disk, snapshot, choice, result, cfg):
                          "the guest VG is on the snapshot only; run domu-snapshot cleanup if anything is left") from None
     for lv_name in names[:4]:
         device = seen["lvs"].get(lv_name) or "/dev/mapper/" + _dm_name(inner, lv_name)
-        superblock = fsck.read_superblock(device)
-        if superblock is None or superblock.fs not in cfg.filesystems:
+        superblock = _superblock(device, cfg.filesystems)
+        if superblock is None:
             continue
+        kind = filesystems.kind(superblock.fs)
         lv_where = f"{where} LV {guest_vg.name}/{lv_name}"
-        refused = fsck.refusal(superblock, lv_where)
+        refused = kind.refusal(superblock, lv_where)
         if refused:
-            raise GuestError(name, "journal check", *refused)
+            raise GuestError(name, kind.check_step, *refused)
         result.choice = dataclasses.replace(choice, fs=superblock.fs)
         result.inner = describe(guest_vg, inner, lv_name)
         try:
-            result.journal = fsck.replay(device)
-        except CommandError as exc:
-            raise GuestError(name, "journal replay", exc.summary(),
-                             "e2fsck could not repair the snapshot's filesystem; check the guest's filesystem "
-                             "from inside the guest") from None
-        try:
-            mount.make_dirs(disk.mount_path, cfg.mount_root)
-            mount.mount(device, disk.mount_path, superblock.fs)
+            mount.make_dirs(disk.mount_path, cfg.mount_root)  # before the replay: XFS replays by a mount
         except OSError as exc:
             raise GuestError(name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
+        try:
+            result.journal = kind.replay(device, disk.mount_path, cfg.busy_retries)
+        except ProbeError as exc:
+            raise GuestError(name, "journal check", exc.message, exc.hint) from None
+        except CommandError as exc:
+            raise GuestError(name, kind.replay_step, exc.summary(), kind.replay_hint) from None
+        try:
+            kind.mount(device, disk.mount_path, superblock.fs)
         except CommandError as exc:
             raise GuestError(name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
         result.mounted = True
@@ -485,6 +487,17 @@ def bring_up(guest, disk, snapshot, choice, result, cfg):
     raise GuestError(name, "guest LVM", f"no {'/'.join(cfg.filesystems)} filesystem on the LVs "
                      f"{', '.join(names[:4])} of guest VG {guest_vg.name} on {where}",
                      "set guest_lv to the LV holding the guest's root filesystem, or guest_lvm = no")
+
+
+def _superblock(device, wanted):
+    """The superblock of the filesystem on the guest LV `device` when its type is one of `wanted`
+    (the configuration's filesystems), else None."""
+    from . import fsck, xfs
+
+    found = fsck.read_superblock(device)
+    if found is None and "xfs" in wanted:
+        found = xfs.read_superblock(device)
+    return found if found is not None and found.fs in wanted else None
 
 
 def _dm_name(vg, lv):

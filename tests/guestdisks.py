@@ -124,9 +124,14 @@ LAYOUTS = {lay.name: lay for lay in [
            "LVM PV holding VG <inner_vg> with LVs root (ext4) and swap", 64, "msdos", "ext4", 2),
     Layout("msdos-lvm", "msdos, one LVM PV holding VG <inner_vg> with LVs root (ext4) and swap",
            48, "msdos", "ext4", 1),
+    # the RHEL/Alma/Rocky installer's default; both XFS at mkfs.xfs's least size (see above)
+    Layout("gpt-efi-xfs-lvm", "RHEL-like: GPT, EFI system partition (vfat), /boot xfs (clean, its own "
+           "tree), then an LVM PV holding VG <inner_vg> with LVs root (xfs) and swap", 664, "gpt", "xfs", 3),
 ]}
-LVM_LAYOUTS = ("msdos-boot-lvm", "msdos-lvm")
+LVM_LAYOUTS = ("msdos-boot-lvm", "msdos-lvm", "gpt-efi-xfs-lvm")
 _BOOT_S = 16 * MiB // SECTOR
+_EFI_S = 8 * MiB // SECTOR
+_XFS_BOOT_S = 320 * MiB // SECTOR
 
 _SWAP_S = 8 * MiB // SECTOR
 _GPT_TAIL = 34                          # backup GPT: 32 sectors of entries + header, plus one
@@ -148,10 +153,12 @@ _REGIONS = {
     # LVM layouts: the PV partition (the root filesystem is inside it, on the guest VG's LV root)
     "msdos-boot-lvm": lambda total: ((2048 + _BOOT_S, total - 1), []),
     "msdos-lvm": lambda total: ((2048, total - 1), []),
+    "gpt-efi-xfs-lvm": lambda total: ((2048 + _EFI_S + _XFS_BOOT_S, total - _GPT_TAIL), []),
 }
 
 _GPT_BIOS, _GPT_SWAP, _GPT_LINUX = ("21686148-6449-6E6F-744E-656564454649", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
                                    "0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+_GPT_EFI, _GPT_LVM = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "E6D6D379-F507-44C2-A23C-238F2A3DF928"
 
 
 def _msdos63_table(total):
@@ -168,6 +175,9 @@ _TABLES = {
     "msdos-swap-xfs": lambda t: [(2048, 2048 + _SWAP_S - 1, "82", ""), (2048 + _SWAP_S, t - 1, "83", "")],
     "msdos-boot-lvm": lambda t: [(2048, 2048 + _BOOT_S - 1, "83", ""), (2048 + _BOOT_S, t - 1, "8e", "")],
     "msdos-lvm": lambda t: [(2048, t - 1, "8e", "")],
+    "gpt-efi-xfs-lvm": lambda t: [(2048, 2048 + _EFI_S - 1, _GPT_EFI, "efi"),
+                                  (2048 + _EFI_S, 2048 + _EFI_S + _XFS_BOOT_S - 1, _GPT_LINUX, "boot"),
+                                  (2048 + _EFI_S + _XFS_BOOT_S, t - _GPT_TAIL, _GPT_LVM, "lvm")],
 }
 
 
@@ -622,11 +632,15 @@ def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: 
         if lay.name == "msdos-boot-lvm":   # /boot: clean, a tree of its own (found mounted: other files)
             _make_fs(image, 2048 * SECTOR, _BOOT_S * SECTOR, "ext4", seed + "-boot",
                      str(uuid.uuid5(UUID_NS, f"{seed}|boot")), False, scratch)
-        pv_start = fs_region[0]
+        if lay.name == "gpt-efi-xfs-lvm":  # the EFI system partition, then /boot (xfs, clean)
+            _make_vfat(image, 2048 * SECTOR, _EFI_S * SECTOR, seed, scratch)
+            _make_xfs(image, (2048 + _EFI_S) * SECTOR, _XFS_BOOT_S * SECTOR, "xfs", seed + "-boot",
+                      str(uuid.uuid5(UUID_NS, f"{seed}|boot")), False, scratch)
+        pv_start, pv_end = fs_region
         fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|{lay.fstype}"))
-        _make_guest_vg(image, pv_start * SECTOR, (total - pv_start) * SECTOR, inner_vg, seed, fs_uuid, dirty, scratch)
-        return {"offset": pv_start * SECTOR, "fs_size": (total - pv_start) * SECTOR, "uuid": fs_uuid,
-                "swap_partitions": []}
+        pv_size = (pv_end - pv_start + 1) * SECTOR
+        _make_guest_vg(image, pv_start * SECTOR, pv_size, inner_vg, seed, fs_uuid, dirty, scratch, lay.fstype)
+        return {"offset": pv_start * SECTOR, "fs_size": pv_size, "uuid": fs_uuid, "swap_partitions": []}
     if fs_region:
         start, end = fs_region
         fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|{lay.fstype}"))
@@ -709,10 +723,20 @@ def xfs_log_state(device: str | Path) -> tuple[int, int, int, str]:
     if not match:
         raise FixtureError(f"xfs_logprint -t {device}: no log state in its output: {text[:300]!r}")
     return int(match.group(1)), int(match.group(2)), int(match.group(3)), match.group(4)
+def _make_vfat(image: Path, offset: int, size: int, seed: str, scratch: Path) -> None:
+    """An EFI system partition: FAT with a volume id from the seed (nothing of it is backed up)."""
+    part = scratch / "efi.img"
+    with open(part, "wb") as f:
+        f.truncate(size)
+    run(["mkfs.vfat", "-n", "EFI", "-i", uuid.uuid5(UUID_NS, f"{seed}|efi").hex[:8], str(part)])
+    _copy_into(part, image, offset)
+    part.unlink()
+
+
 def _make_guest_vg(image: Path, offset: int, size: int, vg: str, seed: str, fs_uuid: str, dirty: bool,
-                   scratch: Path) -> None:
-    """A guest's PV in a scratch file: VG `vg` with LVs root (ext4, the tree, dirty as _make_fs)
-    and swap, put into `image` at `offset`. Every LVM command sees only the scratch loop device
+                   scratch: Path, root_fs: str = "ext4") -> None:
+    """A guest's PV in a scratch file: VG `vg` with LVs root (`root_fs`: ext4, dirty as _make_fs;
+    xfs, dirty as _make_xfs) and swap, put into `image` at `offset`. Every LVM command sees only the scratch loop device
     (--devices). A VG named like a host VG cannot be created here (vgcreate refuses a name whose
     /dev/<vg> exists): it is built under a name of the same length and renamed in the image
     (_rename_vg_in_image)."""
@@ -733,22 +757,29 @@ def _make_guest_vg(image: Path, offset: int, size: int, vg: str, seed: str, fs_u
         run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "root", "-l", "100%FREE", vg])
         root = f"/dev/mapper/{vg.replace('-', '--')}-root"
         run(["mkswap", "-q", "-L", "swap", f"/dev/mapper/{vg.replace('-', '--')}-swap"])
-        run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-U", fs_uuid,
-             "-E", "lazy_itable_init=0,lazy_journal_init=0", root])
+        if root_fs == "xfs":
+            run(["mkfs.xfs", "-q", "-f", "-L", "root", "-m", f"uuid={fs_uuid}", root])
+        else:
+            run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-U", fs_uuid,
+                 "-E", "lazy_itable_init=0,lazy_journal_init=0", root])
         mnt.mkdir(exist_ok=True)
-        run(["mount", "-t", "ext4", root, str(mnt)])
+        run(["mount", "-t", root_fs, root, str(mnt)])
         try:
             populate(mnt, seed)
-            if dirty:
+            if dirty and root_fs == "xfs":
+                run(["xfs_io", "-x", "-c", "shutdown -f", str(mnt)])  # the tree's metadata only in the log
+            elif dirty:
                 _copy_into(part, image, offset)
         finally:
             run(["umount", str(mnt)])
+        if root_fs == "xfs" and (xfs_log_state(root)[3] == "DIRTY") != dirty:
+            raise FixtureError(f"{image}@{offset}: the root LV's XFS log is not {'dirty' if dirty else 'clean'}")
         run(["vgchange", "-q", "-an", *dev, vg])
     finally:
         run(["vgchange", "-q", "-an", *dev], check=False)
         run(["udevadm", "settle", "--timeout=30"], check=False)
         run(["losetup", "-d", loop])
-    if not dirty:
+    if not dirty or root_fs == "xfs":
         _copy_into(part, image, offset)
     part.unlink()
     if final_vg != vg:

@@ -225,3 +225,19 @@ def test_the_dry_run_plan_is_printed_by_the_calls_that_run_the_steps(tmp_path):
         f"would run: umount {target}",
         f"would run: mount -t xfs -o ro,nouuid,nosuid,nodev,noexec <loop device> {target}",
     ]
+
+
+def test_a_guest_lv_is_taken_for_its_filesystem_only_when_that_is_selected(tmp_path):
+    """LVM inside a guest (guestlvm.bring_up): the root LV's filesystem, ext or XFS, by its
+    superblock, and only when `filesystems` selects it."""
+    from domu_snapshot import guestlvm
+
+    xfs_lv = str(mkfs_xfs(tmp_path / "root-xfs.img"))
+    ext_lv = tmp_path / "root-ext4.img"
+    with open(ext_lv, "wb") as handle:
+        handle.truncate(8 * MiB)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", str(ext_lv)], check=True)
+    assert guestlvm._superblock(xfs_lv, ("ext4", "ext3", "xfs")).fs == "xfs"
+    assert guestlvm._superblock(xfs_lv, ("ext4", "ext3")) is None
+    assert guestlvm._superblock(str(ext_lv), ("ext4", "ext3", "xfs")).fs == "ext4"
+    assert guestlvm._superblock(str(ext_lv), ("xfs",)) is None

@@ -6,6 +6,9 @@ tree's metadata is only in the log, as on a running guest's disk, see guestdisks
   nouuid, unmount), then mounted ro,nouuid,nosuid,nodev,noexec;
 - `domu-x-broken`: the same disk with its log's first record to replay damaged (CRC), so the kernel
   cannot replay it: the guest fails at "log replay", and is not mounted with norecovery instead.
+- `domu-x-rhellvm`: as RHEL's installer lays a disk out (GPT: EFI system partition, /boot xfs, an
+  LVM PV with VG `rhel`, LVs root xfs with a dirty log, and swap); with guest_lvm = yes its root LV
+  is replayed and mounted from the renamed guest VG on the snapshot.
 
 XFS is opt-in (`filesystems = ext4, ext3, xfs`); the default configuration refuses both guests.
 """
@@ -28,6 +31,7 @@ VG = "domuxfs"
 PREFIX = "domu-x-"
 RHEL = PREFIX + "rhel"
 BROKEN = PREFIX + "broken"
+RHEL_LVM = PREFIX + "rhellvm"
 ROOT = "/run/domu-xfs-mnt"
 WORK = Path("/run/domu-xfs")
 XFS_CONF = WORK / "xfs.conf"
@@ -81,13 +85,14 @@ def xfs_vg():
     WORK.mkdir(parents=True, exist_ok=True)
     XFS_CONF.write_text("[domu-snapshot]\nfilesystems = ext4, ext3, xfs\n")
     DEFAULT_CONF.write_text("[domu-snapshot]\n")
-    gvg = guestdisks.GuestVG(VG, size_mib=1024).create()
+    gvg = guestdisks.GuestVG(VG, size_mib=2048).create()
     try:
+        rhel_lvm = gvg.add_guest(RHEL_LVM, "gpt-efi-xfs-lvm", inner_vg="rhel")
         rhel = gvg.add_guest(RHEL, "msdos-swap-xfs")
         broken = gvg.add_guest(BROKEN, "msdos-swap-xfs", seed=RHEL)  # the same image, built once
         # Damage the first record to replay (inside its data, past its 512-byte header): its CRC fails.
         # The reference copy of the broken disk gets the same damage (origins are compared to these).
-        references = {RHEL: rhel.image, BROKEN: str(WORK / "broken.img")}
+        references = {RHEL: rhel.image, BROKEN: str(WORK / "broken.img"), RHEL_LVM: rhel_lvm.image}
         with open(references[BROKEN], "wb") as copy:
             copy.truncate(broken.size_mib * guestdisks.MiB)
         guestdisks._copy_into(Path(broken.image), references[BROKEN], 0)
@@ -111,9 +116,45 @@ def origins_unchanged(gvg, references):
 
 def test_the_fixture_disks_have_dirty_logs(xfs_vg):
     gvg, _references = xfs_vg
-    for g in gvg.guests.values():
+    for name in (RHEL, BROKEN):
+        g = gvg.guests[name]
         assert (g.fstype, g.partition, g.dirty) == ("xfs", 2, True)
         assert log_state(g.lv_path, g.offset, g.fs_size) == "DIRTY"
+
+
+def host_vgs():
+    proc = subprocess.run(["vgs", "--noheadings", "-o", "vg_name"], capture_output=True, text=True, check=True)
+    return sorted(proc.stdout.split())
+
+
+def test_rhel_like_guest_with_its_root_xfs_on_guest_lvm(xfs_vg):
+    """The root LV's log replayed on the snapshot, mounted read-only from the guest VG renamed on
+    the snapshot; the host never shows VG `rhel`, and afterwards looks as before."""
+    gvg, references = xfs_vg
+    g = gvg.guests[RHEL_LVM]
+    conf = WORK / "rhel-lvm.conf"
+    conf.write_text(f"[domu-snapshot]\nfilesystems = ext4, ext3, xfs\n\n[guest {RHEL_LVM}]\nguest_lvm = yes\n")
+    target = os.path.join(ROOT, VG, RHEL_LVM)
+    before = host_vgs()
+    proc = cli(conf, "mount", RHEL_LVM)
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "guest VG rhel (as domusnap_" in proc.stdout and "LV root" in proc.stdout, proc.stdout
+        assert "partition 3" in proc.stdout and "log replayed" in proc.stdout, proc.stdout
+        mounted = findmnt(target)
+        assert mounted is not None and mounted["fstype"] == "xfs", mounted
+        assert mounted["source"].startswith("/dev/mapper/domusnap_"), mounted
+        assert {"ro", "nouuid", "nosuid", "nodev", "noexec"} <= set(mounted["options"].split(","))
+        assert "norecovery" not in mounted["options"]
+        assert guestdisks.compare_tree(target, g.tree) == []  # only a replay of the log shows them all
+        during = host_vgs()
+        assert "rhel" not in during and len(set(during)) == len(during), during
+    finally:
+        unmounted = cli(conf, "unmount", RHEL_LVM)
+    assert unmounted.returncode == 0, unmounted.stdout + unmounted.stderr
+    assert host_vgs() == before
+    assert_nothing_left(gvg)
+    assert origins_unchanged(gvg, references)[RHEL_LVM] is True
 
 
 def test_the_default_configuration_refuses_xfs_guests_naming_them(xfs_vg):
@@ -167,5 +208,5 @@ def test_xfs_log_replayed_on_the_snapshot_and_mounted_read_only(xfs_vg):
     assert unmounted.returncode == 0, unmounted.stdout + unmounted.stderr
     assert_nothing_left(gvg)
     # Never written: the origins are byte-identical, their logs still dirty (replayed on snapshots only).
-    assert origins_unchanged(gvg, references) == {RHEL: True, BROKEN: True}
+    assert origins_unchanged(gvg, references) == {RHEL: True, BROKEN: True, RHEL_LVM: True}
     assert log_state(rhel.lv_path, rhel.offset, rhel.fs_size) == "DIRTY"
