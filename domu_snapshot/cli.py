@@ -417,6 +417,7 @@ def cmd_list(runner, args, out):
     mounted = {target for target, _ in mount.under(runner.cfg.mount_root)}
     rows = []
     for guest in guests:
+        guest_vgs = []  # (row, GuestVG, guest_lv) of the guest's disks holding a PV
         for disk in guest.disks:
             row = {"guest": guest.name, "domain": guest.domain, "vmid": guest.vmid, "vg": disk.vg, "lv": disk.lv,
                    "size": disk.origin.size, "active": disk.origin.active, "partition": None, "fs": None,
@@ -427,11 +428,13 @@ def cmd_list(runner, args, out):
                     found = _probe_origin(disk, runner.cfg.for_disk(guest, disk, "partition"),
                                           runner.cfg.filesystems, runner.cfg.for_disk(guest, disk, "guest_lvm"),
                                           runner.cfg.for_disk(guest, disk, "guest_lv"))
-                    if len(found) == 3:  # a guest VG: (pv choice, its LVs to try, problem)
-                        choice, inner, problem = found
+                    if len(found) == 4:  # a guest VG: (pv choice, its LVs to try, problem, GuestVG)
+                        choice, inner, problem, guest_vg = found
                         row.update(partition=choice.number, fs="lvm", offset=choice.offset, guest_lvs=inner)
                         if problem:
                             row["problem"] = problem
+                        if guest_vg is not None:
+                            guest_vgs.append((row, guest_vg, runner.cfg.for_disk(guest, disk, "guest_lv")))
                     else:
                         choice, refused = found
                         row.update(partition=choice.number, fs=choice.fs, offset=choice.offset)
@@ -442,6 +445,7 @@ def cmd_list(runner, args, out):
             else:
                 row["problem"] = "inactive"
             rows.append(row)
+        _spanning_vgs(guest_vgs)
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -461,6 +465,18 @@ def cmd_list(runner, args, out):
               + (f"  guest LVs: {one_line(row['guest_lvs'])}" if row.get("guest_lvs") else "")
               + (f"  ({one_line(row['problem'])})" if row["problem"] else ""))
     return EXIT_OK
+
+
+def _spanning_vgs(guest_vgs):
+    """A guest VG whose PVs lie on several disks of one guest is brought up from all of them
+    (prepare): its rows' problem counts the PVs found on the guest's disks."""
+    for row, guest_vg, wanted in guest_vgs:
+        if guest_vg.pv_count < 2:
+            continue
+        found = {other.this_pv for _row, other, _wanted in guest_vgs
+                 if other.uuid == guest_vg.uuid and other.this_pv in guest_vg.pv_ids}
+        where = f"{row['vg']}/{row['lv']} partition {row['partition']}"
+        row["problem"] = guestlvm.plan_problem(guest_vg, where, wanted, max(1, len(found)))
 
 
 def _status(runner):

@@ -97,6 +97,13 @@ class GuestVG:
     pv_count: int
     lvs: list  # GuestLV, in the metadata's order
     exported: bool = False
+    uuid: str = ""  # the VG's id, without dashes
+    pv_ids: tuple = ()  # its PVs' ids, without dashes
+    this_pv: str = ""  # the id of the PV this was read from
+
+
+def _bare_id(value):
+    return str(value or "").replace("-", "")
 
 
 def read_metadata(device, offset=0):
@@ -123,7 +130,9 @@ def read_metadata(device, offset=0):
     if not lists[1]:
         raise MetadataError("the PV holds no metadata area (its VG's metadata is on another PV)")
     mda_offset, mda_size = lists[1][0]
-    return parse_vg(_metadata_text(device, offset + mda_offset, mda_size))
+    guest_vg = parse_vg(_metadata_text(device, offset + mda_offset, mda_size))
+    guest_vg.this_pv = header[:32].decode("ascii", "replace")
+    return guest_vg
 
 
 def _metadata_text(device, mda_start, mda_size):
@@ -220,7 +229,9 @@ def parse_vg(text):
                          if key.startswith("segment") and isinstance(seg, dict))
         lvs.append(GuestLV(lv_name, "VISIBLE" in status, segtypes))
     status = body.get("status") if isinstance(body.get("status"), list) else []
-    return GuestVG(name, len(pvs), lvs, exported="EXPORTED" in status)
+    pv_ids = tuple(_bare_id(pv.get("id")) for pv in pvs.values() if isinstance(pv, dict))
+    return GuestVG(name, len(pvs), lvs, exported="EXPORTED" in status, uuid=_bare_id(body.get("id")),
+                   pv_ids=pv_ids)
 
 
 # --------------------------------------------------------------------------------- choices
@@ -252,17 +263,19 @@ def candidates(guest_vg, wanted="auto"):
     return [lv.name for _index, lv in ordered]
 
 
-def refusal(guest_vg, where):
-    """(message, hint) when the guest VG on `where` must not be brought up, else None."""
+def refusal(guest_vg, where, found=1):
+    """(message, hint) when the guest VG on `where` must not be brought up, else None. `found`:
+    how many of its PVs are on the disks snapshotted with it (the guest's disks)."""
     if not _NAME.match(guest_vg.name):
         return (f"{where} holds a guest VG whose name {guest_vg.name!r} is not an LVM name",
                 "set guest_lvm = no for this guest")
-    if guest_vg.pv_count > 1:
-        return (f"{where} holds one PV of guest VG {guest_vg.name}, which has {guest_vg.pv_count} PVs: the "
-                f"others are on disks not snapshotted with it, so its LVs are incomplete (refused, nothing "
-                f"of this VG was activated)",
-                "back up this guest another way (a VG spanning several disks is not supported yet), or set "
-                "guest_lvm = no to back up its first ext partition instead")
+    if guest_vg.pv_count > found:
+        return (f"{where} holds one PV of guest VG {guest_vg.name}, which has {guest_vg.pv_count} PVs; "
+                f"{'only ' + str(found) + ' of them are' if found > 1 else 'the others are not'} on disks "
+                f"snapshotted with it, so its LVs are incomplete (refused, nothing of this VG was activated)",
+                "make all disks holding the VG's PVs disks of one guest (one libvirt domain or Proxmox VM: "
+                "they are then snapshotted together and the VG is brought up from all of them), or set "
+                "guest_lvm = no to back up its first partition instead")
     if not candidates(guest_vg):
         return (f"guest VG {guest_vg.name} on {where} has no LV that can be mounted "
                 f"(LVs: {', '.join(lv.name for lv in guest_vg.lvs) or 'none'})",
@@ -272,9 +285,13 @@ def refusal(guest_vg, where):
 
 # ------------------------------------------------------------------------- LVM, --devices only
 
-def devices(loop):
-    """The option that limits an LVM command to the loop device (never the host's devices)."""
-    return ["--devices", loop]
+def devices(loops):
+    """The option that limits an LVM command to the loop device(s) (never the host's devices)."""
+    return ["--devices", loops if isinstance(loops, str) else ",".join(loops)]
+
+
+def _listed(loops):
+    return [loops] if isinstance(loops, str) else list(loops)
 
 
 def holders(loop):
@@ -299,9 +316,12 @@ def holder_paths(loop):
 
 
 def deactivate(loop, retries=5):
-    """Deactivate every LV on `loop`, whatever its VG is called (ours, or the guest's original
-    name if the host's udev auto-activated it). Nothing to do (no command) when none is active."""
-    if not holders(loop):
+    """Deactivate every LV on `loop` (or loops), whatever its VG is called (ours, or the guest's
+    original name if the host's udev auto-activated it). Nothing to do (no command) when none is
+    active. A VG that spans loop devices is deactivated from any one of them (LVM warns of the
+    PVs it does not see, and deactivates), so teardown needs no record of which loops belong
+    together."""
+    if not any(holders(name) for name in _listed(loop)):
         return False
     commands.retry_busy(lambda: commands.run(["vgchange", "--activate", "n", *devices(loop)],
                                              changes_system=True), attempts=retries)
@@ -311,7 +331,7 @@ def deactivate(loop, retries=5):
 
 def vg_report(loop):
     """{vg name: {"missing": missing PV count, "tags": [...], "lvs": {name: dm path}}} of the VGs
-    LVM sees on `loop` alone (one `lvs` with --devices)."""
+    LVM sees on `loop` (or the loops of a VG that spans several) alone (one `lvs` with --devices)."""
     argv = ["lvs", *devices(loop), "--reportformat", "json", "-o",
             "vg_name,lv_name,lv_dm_path,vg_missing_pv_count,vg_tags", "--all"]
     return parse_report(commands.run(argv).stdout, argv)
@@ -339,7 +359,8 @@ def parse_report(text, argv=("lvs",)):
 
 
 def import_clone(loop, new_name, exported=False, retries=5):
-    """vgimportclone on the snapshot's loop device: new name, new UUIDs (the snapshot only).
+    """vgimportclone on the snapshot's loop device (or all loop devices of a VG that spans several
+    disks of the guest): new name, new UUIDs (the snapshots only).
 
     On a host with systemd, udev's auto-activation of the guest VG runs as a separate unit
     (systemd-run --no-block), so it may land after our settle: an import that fails while LVs
@@ -349,11 +370,11 @@ def import_clone(loop, new_name, exported=False, retries=5):
     if exported:
         argv.append("--import")
     try:
-        commands.run(argv + [loop], changes_system=True)
+        commands.run(argv + _listed(loop), changes_system=True)
     except commands.CommandError:
         if not deactivate(loop, retries):
             raise
-        commands.run(argv + [loop], changes_system=True)
+        commands.run(argv + _listed(loop), changes_system=True)
     deactivate(loop, retries)
     commands.run(["vgchange", *devices(loop), "--addtag", TAG, new_name], changes_system=True)
 
@@ -402,10 +423,13 @@ def describe(guest_vg, inner_name, lv):
     return f"guest VG {guest_vg.name} (as {inner_name}), LV {lv}"
 
 
-def bring_up(guest, disk, snapshot, choice, result, cfg):
+def bring_up(guest, disk, snapshot, choice, result, cfg, members=()):
     """Loop device over the PV partition, the guest VG renamed and its LV activated, replayed and
-    mounted at the disk's path. Raises GuestError; what it created is torn down by the caller's
-    teardown, which derives it from the system (the loop device over our snapshot, its holders)."""
+    mounted at the disk's path. `members`: (disk, snapshot path, PV Choice) of the guest's other
+    disks that hold PVs of the same VG (a VG spanning disks): each gets a loop device too, and
+    every LVM command sees all of them. Raises GuestError; what it created is torn down by the
+    caller's teardown, which derives it from the system (the loop devices over our snapshots,
+    their holders)."""
     from . import filesystems, loop, mount
     from .commands import CommandError
     from .errors import GuestError, ProbeError
@@ -417,7 +441,7 @@ def bring_up(guest, disk, snapshot, choice, result, cfg):
     except (OSError, MetadataError) as exc:
         raise GuestError(name, "guest LVM", f"{where}: the LVM PV's metadata cannot be read: {exc}",
                          "set guest_lvm = no for this guest, or exclude it") from None
-    refused = refusal(guest_vg, where)
+    refused = refusal(guest_vg, where, 1 + len(members))
     if refused:
         raise GuestError(name, "guest LVM", *refused)
     wanted = cfg.for_disk(guest, disk, "guest_lv")
@@ -425,8 +449,12 @@ def bring_up(guest, disk, snapshot, choice, result, cfg):
     if not names:
         raise GuestError(name, "guest LVM", f"guest VG {guest_vg.name} on {where} has no mountable LV {wanted!r} "
                          f"(LVs: {', '.join(lv.name for lv in guest_vg.lvs)})", "set guest_lv to one of them, or auto")
+    loops = []
     try:
         result.loop = loop.attach(snapshot, choice.offset, choice.size, choice.sector_size)
+        loops.append(result.loop)
+        for _member, path, pv in members:
+            loops.append(loop.attach(path, pv.offset, pv.size, pv.sector_size))
     except CommandError as exc:
         raise GuestError(name, "loop device", exc.summary(),
                          "check for free loop devices (losetup --list) and that the loop module is loaded") from None
@@ -436,23 +464,23 @@ def bring_up(guest, disk, snapshot, choice, result, cfg):
         # udev's pvscan may have auto-activated the guest VG under its own name (see the module's
         # docstring): settle, and deactivate whatever holds the loop device before the rename.
         commands.settle(cfg.settle_timeout)
-        if deactivate(result.loop, cfg.busy_retries):
-            result.inner_note = (f"the host's udev had auto-activated guest VG {guest_vg.name} on {result.loop}: "
-                                 f"deactivated before renaming it")
+        if deactivate(loops, cfg.busy_retries):
+            result.inner_note = (f"the host's udev had auto-activated guest VG {guest_vg.name} on "
+                                 f"{', '.join(loops)}: deactivated before renaming it")
         step = "guest VG rename"
-        import_clone(result.loop, inner, guest_vg.exported, cfg.busy_retries)
+        import_clone(loops, inner, guest_vg.exported, cfg.busy_retries)
         step = "guest LVM"
-        report = vg_report(result.loop)
+        report = vg_report(loops)
         seen = report.get(inner)
         if seen is None or len(report) != 1:
-            raise GuestError(name, step, f"after vgimportclone, {result.loop} shows VGs {sorted(report)}, not {inner}",
-                             "run domu-snapshot cleanup and report this")
+            raise GuestError(name, step, f"after vgimportclone, {', '.join(loops)} show VGs {sorted(report)}, "
+                             f"not {inner}", "run domu-snapshot cleanup and report this")
         if seen["missing"]:
             raise GuestError(name, step, f"guest VG {guest_vg.name} on {where} misses {seen['missing']} PV(s)",
                              "back up this guest another way, or set guest_lvm = no")
         names = [n for n in names if n in seen["lvs"]]
         step = "guest LV activation"
-        activate(result.loop, inner, names[:4])
+        activate(loops, inner, names[:4])
     except CommandError as exc:
         raise GuestError(name, step, exc.summary(),
                          "the guest VG is on the snapshot only; run domu-snapshot cleanup if anything is left") from None
@@ -468,6 +496,8 @@ def bring_up(guest, disk, snapshot, choice, result, cfg):
             raise GuestError(name, kind.check_step, *refused)
         result.choice = dataclasses.replace(choice, fs=superblock.fs)
         result.inner = describe(guest_vg, inner, lv_name)
+        if members:
+            result.inner += f" (PVs on {disk.key}, {', '.join(member.key for member, _path, _pv in members)})"
         try:
             mount.make_dirs(disk.mount_path, cfg.mount_root)  # before the replay: XFS replays by a mount
         except OSError as exc:
@@ -506,8 +536,10 @@ def _dm_name(vg, lv):
 
 def plan(probed, device, mode, partition, wanted):
     """What `list` shows for a disk's guest VG, read-only from `device` (the origin, through a
-    read-only loop device): (pv Choice, "VG/LV, VG/LV2 ..." of the LVs it would try, problem) or
-    None when the disk holds no PV or guest_lvm = no."""
+    read-only loop device): (pv Choice, "VG/LV, VG/LV2 ..." of the LVs it would try, problem,
+    GuestVG or None when unreadable), or None when the disk holds no PV or guest_lvm = no. The
+    problem counts this PV alone: for a VG spanning the guest's disks, `list` asks
+    plan_problem() again with the PVs found on all of them."""
     if mode == "no":
         return None
     pv = find_pv(probed, device, partition)
@@ -516,15 +548,19 @@ def plan(probed, device, mode, partition, wanted):
     try:
         guest_vg = read_metadata(device, pv.offset)
     except (OSError, MetadataError) as exc:
-        return pv, "", f"the LVM PV's metadata cannot be read: {exc}"
-    refused = refusal(guest_vg, pv.where("the disk"))
-    names = candidates(guest_vg, wanted)
-    shown = ", ".join(f"{guest_vg.name}/{n}" for n in names)
+        return pv, "", f"the LVM PV's metadata cannot be read: {exc}", None
+    shown = ", ".join(f"{guest_vg.name}/{n}" for n in candidates(guest_vg, wanted))
+    return pv, shown, plan_problem(guest_vg, pv.where("the disk"), wanted), guest_vg
+
+
+def plan_problem(guest_vg, where, wanted, found=1):
+    """Why the guest VG would not be brought up (`found` of its PVs on the guest's disks), or None."""
+    refused = refusal(guest_vg, where, found)
     if refused:
-        return pv, shown, refused[0]
-    if not names:
-        return pv, shown, f"guest VG {guest_vg.name} has no mountable LV {wanted!r}"
-    return pv, shown, None
+        return refused[0]
+    if not candidates(guest_vg, wanted):
+        return f"guest VG {guest_vg.name} has no mountable LV {wanted!r}"
+    return None
 
 
 def host_scans_lvs():

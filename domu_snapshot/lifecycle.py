@@ -186,6 +186,7 @@ class Runner:
         self._quiescer = None
         self._domains = {}
         self._spare_probe = None  # a partitions.ProbeChild started ahead (warm_up_probe)
+        self._vg_with = {}  # prepare: disk key -> the disk whose guest VG (spanning both) holds its PV
         self._proxmox = None
 
     def log(self, level, message):
@@ -482,6 +483,7 @@ class Runner:
                 self._print_plan(guest)
                 return result
             self.system.settle(self.cfg.settle_timeout)
+            self._vg_with = {}  # disk key -> the disk whose guest VG (spanning both) holds its PV
             for index, disk in enumerate(guest.disks):
                 result.disks.append(self._mount_disk(guest, disk, more_disks=index + 1 < len(guest.disks)))
                 if result.disks[-1].inner_note:
@@ -675,6 +677,9 @@ class Runner:
     def _mount_disk(self, guest, disk, more_disks=False):
         result = DiskResult(disk)
         snapshot = disk.snapshot_path
+        if disk.key in self._vg_with:
+            result.note = f"holds a PV of the guest VG brought up with {self._vg_with[disk.key]}"
+            return result
         try:
             probed = self._probe(snapshot, warm_next=more_disks)
         except ProbeError as exc:
@@ -683,12 +688,12 @@ class Runner:
         partition = self.cfg.for_disk(guest, disk, "partition")
         pv = self.system.find_pv(probed, snapshot, partition) if mode != "no" else None
         if pv is not None and mode == "yes":
-            return self.system.bring_up_guest_vg(guest, disk, snapshot, pv, result, self.cfg)
+            return self._bring_up_guest_vg(guest, disk, pv, result)
         try:
             choice = partitions.choose(probed, partition, self.cfg.filesystems)
         except ProbeError as exc:
             if pv is not None:  # guest_lvm = auto: the guest's VG when no ext partition is chosen
-                return self.system.bring_up_guest_vg(guest, disk, snapshot, pv, result, self.cfg)
+                return self._bring_up_guest_vg(guest, disk, pv, result)
             if partitions.only_swap(probed):
                 result.note = "holds only swap"
                 return result
@@ -737,6 +742,39 @@ class Runner:
             raise GuestError(guest.name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
         result.mounted = True
         return result
+
+    def _bring_up_guest_vg(self, guest, disk, pv, result):
+        """The guest VG on `disk`'s PV, with the PVs of the same VG on the guest's other disks."""
+        members = self._vg_members(guest, disk, pv)
+        for member, _path, _pv in members:
+            self._vg_with[member.key] = disk.key
+        return self.system.bring_up_guest_vg(guest, disk, disk.snapshot_path, pv, result, self.cfg, members)
+
+    def _vg_members(self, guest, disk, pv):
+        """(disk, snapshot path, PV Choice) of the guest's other disks holding a PV of the guest
+        VG whose PV is on `disk` (a VG spanning the guest's disks: Proxmox and libvirt group a
+        VM's disks into one guest, snapshotted together); [] for a VG of one PV."""
+        try:
+            guest_vg = self.system.guest_vg(disk.snapshot_path, pv.offset)
+        except (OSError, guestlvm.MetadataError):
+            return []  # bring_up says why
+        if guest_vg.pv_count < 2 or not guest_vg.uuid:
+            return []
+        members, seen = [], {guest_vg.this_pv}
+        for other in guest.disks:
+            if other is disk or other.key in self._vg_with:
+                continue
+            try:
+                probed = self.system.probe(other.snapshot_path)
+                other_pv = self.system.find_pv(probed, other.snapshot_path, "auto")
+                other_vg = self.system.guest_vg(other.snapshot_path, other_pv.offset) if other_pv else None
+            except (ProbeError, OSError, guestlvm.MetadataError):
+                continue
+            if other_vg is not None and other_vg.uuid == guest_vg.uuid and other_vg.this_pv in guest_vg.pv_ids \
+                    and other_vg.this_pv not in seen:
+                seen.add(other_vg.this_pv)
+                members.append((other, other.snapshot_path, other_pv))
+        return members
 
     # ------------------------------------------------------------- teardown
 

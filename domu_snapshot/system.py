@@ -41,6 +41,10 @@ class System:
         """The partitions.Choice of an LVM PV on `path`, or None."""
         return guestlvm.find_pv(probed, path, partition)
 
+    def guest_vg(self, path, offset):
+        """The guest VG (guestlvm.GuestVG) described by the LVM PV at `offset` of `path`."""
+        return guestlvm.read_metadata(path, offset)
+
     def superblock(self, path, offset, fs):
         """The superblock of the `fs` filesystem at byte `offset` of `path`, or None."""
         return filesystems.read_superblock(path, offset, fs)
@@ -73,9 +77,9 @@ class System:
     def unmount(self, target, retries):
         mount.unmount(target, retries)
 
-    def bring_up_guest_vg(self, guest, disk, snapshot, pv, result, cfg):
-        """LVM inside the guest: loop over the PV, the VG renamed and activated, its root mounted."""
-        return guestlvm.bring_up(guest, disk, snapshot, pv, result, cfg)
+    def bring_up_guest_vg(self, guest, disk, snapshot, pv, result, cfg, members=()):
+        """LVM inside the guest: loops over its PVs, the VG renamed and activated, its root mounted."""
+        return guestlvm.bring_up(guest, disk, snapshot, pv, result, cfg, members)
 
     def deactivate_guest_vg(self, loop_name, retries):
         guestlvm.deactivate(loop_name, retries)

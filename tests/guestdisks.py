@@ -575,6 +575,40 @@ class GuestVG:
         run(["lvremove", "-q", "-f", f"{self.vg}/{lv}"])
         self.guests.pop(lv, None)
 
+    def add_spanning_guest(self, lvs: tuple[str, str], inner_vg: str, *, size_mib: int = 48, seed: str | None = None,
+                           dirty: bool = True) -> list[GuestDisk]:
+        """Two LVs, one guest's two disks (msdos, one LVM PV partition each), whose PVs form one
+        guest VG `inner_vg` with LV root (ext4, dirty as _make_fs) spanning both PVs: as a VG
+        extended over a second disk (vgextend) looks. The first disk's GuestDisk holds the tree."""
+        lay = LAYOUTS["msdos-lvm"]
+        size_mib = -(-size_mib // 4) * 4
+        seed = lvs[0] if seed is None else seed
+        key = hashlib.sha256(f"span|{size_mib}|{seed}|{dirty}|{inner_vg}".encode()).hexdigest()[:16]
+        images = [WORKROOT / "images" / f"{key}-{n}.img" for n in (0, 1)]
+        meta_path = images[0].with_suffix(".json")
+        if not (meta_path.exists() and all(i.exists() for i in images)):
+            images[0].parent.mkdir(parents=True, exist_ok=True)
+            scratch = self.workdir / "scratch" / key
+            meta = _build_spanning_images(images, lay, size_mib, seed, dirty, inner_vg, scratch)
+            meta_path.write_text(json.dumps(meta))
+            shutil.rmtree(scratch)
+        meta = json.loads(meta_path.read_text())
+        made = []
+        for n, (lv, image) in enumerate(zip(lvs, images)):
+            run(["lvcreate", "-q", "-y", "-n", lv, "-L", f"{size_mib}M", self.vg])
+            try:
+                _write_image_to_device(image, f"/dev/{self.vg}/{lv}")
+            except BaseException:
+                run(["lvremove", "-q", "-f", f"{self.vg}/{lv}"], check=False)
+                raise
+            g = GuestDisk(vg=self.vg, lv=lv, layout="msdos-lvm", size_mib=size_mib, partition=1,
+                          offset=meta["offset"], fs_size=meta["fs_size"], fstype="ext4", dirty=dirty, seed=seed,
+                          fs_uuid=meta["uuid"], swap_partitions=[], tree=expected_tree(seed) if n == 0 else {},
+                          image=str(image), inner_vg=inner_vg)
+            self.guests[lv] = g
+            made.append(g)
+        return made
+
     def lvs(self) -> list[dict]:
         """`lvs` report of the VG: lv_name, lv_attr, lv_path, lv_tags, origin, kernel major/minor."""
         rep = json.loads(out(["lvs", "--reportformat", "json", "-o",
@@ -784,6 +818,54 @@ def _make_guest_vg(image: Path, offset: int, size: int, vg: str, seed: str, fs_u
     part.unlink()
     if final_vg != vg:
         _rename_vg_in_image(image, offset, vg, final_vg)
+
+
+def _build_spanning_images(images: list[Path], lay: Layout, size_mib: int, seed: str, dirty: bool, vg: str,
+                           scratch: Path) -> dict:
+    """The two disk images of add_spanning_guest (every LVM command sees only their loop devices)."""
+    total = size_mib * MiB // SECTOR
+    scratch.mkdir(parents=True, exist_ok=True)
+    pv_start, pv_end = lay.regions(total)[0]
+    pv_size = (pv_end - pv_start + 1) * SECTOR
+    parts = [scratch / f"pv{n}.img" for n in (0, 1)]
+    for image, part, n in zip(images, parts, (0, 1)):
+        with open(image, "wb") as f:
+            f.truncate(total * SECTOR)
+        run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(image)],
+            input=lay.sfdisk_script(total, f"{seed}|disk{n}").encode())
+        with open(part, "wb") as f:
+            f.truncate(pv_size)
+    loops = [out(["losetup", "--find", "--show", str(part)]).strip() for part in parts]
+    dev = ["--devices", ",".join(loops)]
+    mnt = scratch / "mnt"
+    fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|span"))
+    try:
+        run(["pvcreate", "-q", "-y", *dev, *loops])
+        run(["vgcreate", "-q", "-y", *dev, "-s", "1M", vg, *loops])
+        run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "root", "-l", "100%FREE", vg])
+        root = f"/dev/mapper/{vg.replace('-', '--')}-root"
+        run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-U", fs_uuid,
+             "-E", "lazy_itable_init=0,lazy_journal_init=0", root])
+        mnt.mkdir(exist_ok=True)
+        run(["mount", "-t", "ext4", root, str(mnt)])
+        try:
+            populate(mnt, seed)
+            if dirty:
+                for image, part in zip(images, parts):
+                    _copy_into(part, image, pv_start * SECTOR)
+        finally:
+            run(["umount", str(mnt)])
+        run(["vgchange", "-q", "-an", *dev, vg])
+    finally:
+        run(["vgchange", "-q", "-an", *dev], check=False)
+        run(["udevadm", "settle", "--timeout=30"], check=False)
+        run(["losetup", "-d", *loops])
+    if not dirty:
+        for image, part in zip(images, parts):
+            _copy_into(part, image, pv_start * SECTOR)
+    for part in parts:
+        part.unlink()
+    return {"offset": pv_start * SECTOR, "fs_size": pv_size, "uuid": fs_uuid}
 
 
 def _lvm_crc(data: bytes) -> int:

@@ -168,8 +168,20 @@ def test_a_vg_spanning_two_pvs_is_refused_naming_the_vg_and_what_to_do():
     assert vg.pv_count == 2
     message, hint = guestlvm.refusal(vg, "vg/domu-web partition 2")
     assert "ubuntu-vg" in message and "2 PVs" in message and "vg/domu-web partition 2" in message
-    assert "guest_lvm = no" in hint
+    assert "guest_lvm = no" in hint and "one libvirt domain or Proxmox VM" in hint
     assert guestlvm.refusal(guestlvm.parse_vg(METADATA), "x") is None
+    # with both PVs on the guest's disks (snapshotted together) it is brought up
+    assert guestlvm.refusal(vg, "vg/domu-web partition 2", found=2) is None
+    three = guestlvm.parse_vg(two.replace("pv1 {", "pv2 {\nid = \"y\"\n}\npv1 {", 1))
+    assert three.pv_count == 3 and "only 2 of them" in guestlvm.refusal(three, "x", found=2)[0]
+
+
+def test_the_ids_that_tie_pvs_of_one_vg_together_are_read(tmp_path):
+    disk = tmp_path / "disk.img"
+    write_pv(disk, METADATA)
+    vg = guestlvm.read_metadata(disk)
+    assert vg.uuid == "Vx0mc1cQ5m2Xk8Ke9pgkD15O3Sj1nYq4"
+    assert vg.this_pv == "f3Vt2a1zKkyM4f8TQb3DqGVvQOWqB7xE" and vg.pv_ids == (vg.this_pv,)
 
 
 def test_root_like_lvs_are_tried_first_swap_last_hidden_and_unmountable_never():
@@ -257,7 +269,7 @@ def test_plan_shows_the_lvs_list_would_try_and_why_not(tmp_path):
     write_pv(disk, METADATA, offset=2048 * 512)
     probed = {"sector_size": 512, "length": 8000, "label": "msdos", "error": None, "partitions": [
         {"number": 1, "kind": "primary", "start": 2048, "length": 5000, "fs": None}]}
-    pv, shown, problem = guestlvm.plan(probed, disk, "auto", "auto", "auto")
+    pv, shown, problem, _guest_vg = guestlvm.plan(probed, disk, "auto", "auto", "auto")
     assert pv.number == 1 and shown == "ubuntu-vg/ubuntu-lv, ubuntu-vg/swap_1" and problem is None
     assert guestlvm.plan(probed, disk, "no", "auto", "auto") is None
     assert "no mountable LV 'data'" in guestlvm.plan(probed, disk, "yes", "auto", "data")[2]

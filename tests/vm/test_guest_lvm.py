@@ -186,3 +186,62 @@ def test_kill_9_during_guest_lv_activation_then_cleanup_leaves_nothing(tmp_path,
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert inner_dm_devices() == []
     assert host_vgs() == clean_lvm
+
+
+SPAN_A, SPAN_B = "domu-lvspan-a", "domu-lvspan-b"
+SPAN_VG = "datavg"
+
+
+@pytest.fixture
+def spanning(guest_vg):
+    """Two disks of one guest whose PVs form one guest VG (root spans both)."""
+    made = guest_vg.add_spanning_guest((SPAN_A, SPAN_B), SPAN_VG)
+    yield made
+    for g in made:
+        guest_vg.remove_guest(g.lv)
+
+
+def domain_config(tmp_path):
+    """A configuration whose libvirt (its test driver) has one domain `span` with both disks."""
+    from domu_snapshot import quiesce
+
+    xml = ("<node><domain type='test'><name>span</name><uuid>0b7e6f1a-9c1d-4e2b-8f00-5a5a5a5a0002</uuid>"
+           "<memory>65536</memory><os><type arch='x86_64'>hvm</type></os><devices>"
+           f"<disk type='block' device='disk'><source dev='/dev/{VG}/{SPAN_A}'/><target dev='vda'/></disk>"
+           f"<disk type='block' device='disk'><source dev='/dev/mapper/{quiesce.dm_name(VG, SPAN_B)}'/>"
+           "<target dev='vdb'/></disk></devices></domain></node>")
+    (tmp_path / "domains.xml").write_text(xml)
+    return write_config(tmp_path, f"libvirt_uri = test://{tmp_path / 'domains.xml'}\n")
+
+
+def test_a_guest_vg_spanning_two_disks_of_one_domain_is_brought_up_from_both(tmp_path, spanning, clean_lvm):
+    first, second = spanning
+    # Each disk alone (nothing groups them): refused before anything of the VG is activated.
+    alone = cli("mount", SPAN_A)
+    assert alone.returncode == 1, alone.stdout + alone.stderr
+    assert f"guest VG {SPAN_VG}, which has 2 PVs" in alone.stderr and "one libvirt domain" in alone.stderr
+    assert inner_dm_devices() == [] and host_vgs() == clean_lvm
+
+    conf = domain_config(tmp_path)
+    listed = cli("--config", conf, "list", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = {r["lv"]: r for r in json.loads(listed.stdout)}
+    assert {rows[lv]["guest"] for lv in (SPAN_A, SPAN_B)} == {"span"}
+    assert [rows[lv]["problem"] for lv in (SPAN_A, SPAN_B)] == [None, None]
+
+    target = os.path.join(MOUNT_ROOT, VG, SPAN_A)
+    proc = cli("--config", conf, "mount", "span")
+    try:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"guest VG {SPAN_VG} (as domusnap_" in proc.stdout and f"PVs on {VG}/{SPAN_A}, {VG}/{SPAN_B}" \
+            in proc.stdout, proc.stdout
+        assert f"{VG}/{SPAN_B}: holds a PV of the guest VG brought up with {VG}/{SPAN_A}" in proc.stdout
+        assert "journal replayed" in proc.stdout
+        assert_mounted_from_inner_lv(target, first)  # every file, also those on the second PV
+        during = host_vgs()
+        assert SPAN_VG not in during and len([v for v in during if v.startswith("domusnap_")]) == 1, during
+    finally:
+        unmounted = cli("--config", conf, "unmount", "span")
+    assert unmounted.returncode == 0, unmounted.stdout + unmounted.stderr
+    assert findmnt(target) is None and inner_dm_devices() == [] and host_vgs() == clean_lvm
+    assert first.unchanged() and second.unchanged()
