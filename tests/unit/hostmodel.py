@@ -91,7 +91,7 @@ class HostModel(System):
         """The next call named `call` raises `error` (then calls work again)."""
         self.failures.setdefault(call, []).append(error)
 
-    def _enter(self, call, subject, argv=None):
+    def _enter(self, call, subject):
         self.calls.append((call, subject))
         pending = self.failures.get(call)
         if pending:

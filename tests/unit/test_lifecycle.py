@@ -68,7 +68,7 @@ def test_prepare_snapshots_then_loops_replays_and_mounts_read_only(host, cfg):
     assert all(path.endswith("-dsnap") for path in host.written())  # never the origin
 
 
-def test_every_disk_of_a_guest_is_snapshotted_before_any_is_read(host, cfg, monkeypatch):
+def test_every_disk_of_a_guest_is_snapshotted_before_any_is_read(host, cfg):
     host.add_guest_lv("domu-db-a")
     host.add_guest_lv("domu-db-b")
     runner = runner_on(host, cfg)
