@@ -187,6 +187,7 @@ class Runner:
         self._domains = {}
         self._spare_probe = None  # a partitions.ProbeChild started ahead (warm_up_probe)
         self._vg_with = {}  # prepare: disk key -> the disk whose guest VG (spanning both) holds its PV
+        self._probed = {}  # prepare: disk key -> its partition table, read ahead by _vg_members
         self._proxmox = None
 
     def log(self, level, message):
@@ -483,7 +484,7 @@ class Runner:
                 self._print_plan(guest)
                 return result
             self.system.settle(self.cfg.settle_timeout)
-            self._vg_with = {}  # disk key -> the disk whose guest VG (spanning both) holds its PV
+            self._vg_with, self._probed = {}, {}
             for index, disk in enumerate(guest.disks):
                 result.disks.append(self._mount_disk(guest, disk, more_disks=index + 1 < len(guest.disks)))
                 if result.disks[-1].inner_note:
@@ -681,7 +682,7 @@ class Runner:
             result.note = f"holds a PV of the guest VG brought up with {self._vg_with[disk.key]}"
             return result
         try:
-            probed = self._probe(snapshot, warm_next=more_disks)
+            probed = self._probed.pop(disk.key, None) or self._probe(snapshot, warm_next=more_disks)
         except ProbeError as exc:
             raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
         mode = self.cfg.for_disk(guest, disk, "guest_lvm")
@@ -765,7 +766,7 @@ class Runner:
             if other is disk or other.key in self._vg_with:
                 continue
             try:
-                probed = self.system.probe(other.snapshot_path)
+                probed = self._probed[other.key] = self.system.probe(other.snapshot_path)
                 other_pv = self.system.find_pv(probed, other.snapshot_path, "auto")
                 other_vg = self.system.guest_vg(other.snapshot_path, other_pv.offset) if other_pv else None
             except (ProbeError, OSError, guestlvm.MetadataError):

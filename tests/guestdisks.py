@@ -578,7 +578,7 @@ class GuestVG:
     def add_spanning_guest(self, lvs: tuple[str, str], inner_vg: str, *, size_mib: int = 48, seed: str | None = None,
                            dirty: bool = True) -> list[GuestDisk]:
         """Two LVs, one guest's two disks (msdos, one LVM PV partition each), whose PVs form one
-        guest VG `inner_vg` with LV root (ext4, dirty as _make_fs) spanning both PVs: as a VG
+        guest VG `inner_vg` with LVs swap and root (ext4, dirty as _make_fs; root spans both PVs): as a VG
         extended over a second disk (vgextend) looks. The first disk's GuestDisk holds the tree."""
         lay = LAYOUTS["msdos-lvm"]
         size_mib = -(-size_mib // 4) * 4
@@ -673,7 +673,7 @@ def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: 
         pv_start, pv_end = fs_region
         fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|{lay.fstype}"))
         pv_size = (pv_end - pv_start + 1) * SECTOR
-        _make_guest_vg(image, pv_start * SECTOR, pv_size, inner_vg, seed, fs_uuid, dirty, scratch, lay.fstype)
+        _make_guest_vg([(image, pv_start * SECTOR, pv_size)], inner_vg, seed, fs_uuid, dirty, scratch, lay.fstype)
         return {"offset": pv_start * SECTOR, "fs_size": pv_size, "uuid": fs_uuid, "swap_partitions": []}
     if fs_region:
         start, end = fs_region
@@ -767,26 +767,32 @@ def _make_vfat(image: Path, offset: int, size: int, seed: str, scratch: Path) ->
     part.unlink()
 
 
-def _make_guest_vg(image: Path, offset: int, size: int, vg: str, seed: str, fs_uuid: str, dirty: bool,
+def _make_guest_vg(places: list[tuple[Path, int, int]], vg: str, seed: str, fs_uuid: str, dirty: bool,
                    scratch: Path, root_fs: str = "ext4") -> None:
-    """A guest's PV in a scratch file: VG `vg` with LVs root (`root_fs`: ext4, dirty as _make_fs;
-    xfs, dirty as _make_xfs) and swap, put into `image` at `offset`. Every LVM command sees only the scratch loop device
-    (--devices). A VG named like a host VG cannot be created here (vgcreate refuses a name whose
-    /dev/<vg> exists): it is built under a name of the same length and renamed in the image
-    (_rename_vg_in_image)."""
+    """A guest VG `vg` on one PV per (image, offset, size) of `places` (several: a VG extended over
+    more disks), with LVs swap and root (`root_fs`: ext4, dirty as _make_fs; xfs, dirty as
+    _make_xfs; it spans every PV), each PV built in a scratch file and put into its image at its
+    offset. Every LVM command sees only the scratch loop devices (--devices). A VG named like a
+    host VG cannot be created here (vgcreate refuses a name whose /dev/<vg> exists): it is built
+    under a name of the same length and renamed in the images (_rename_vg_in_image)."""
     build_vg = vg
     if os.path.exists(f"/dev/{vg}"):
         build_vg = vg[:-1] + ("x" if vg[-1] != "x" else "y")
     vg, final_vg = build_vg, vg
-    part = scratch / "pv.img"
-    with open(part, "wb") as f:
-        f.truncate(size)
-    loop = out(["losetup", "--find", "--show", str(part)]).strip()
-    dev = ["--devices", loop]
+    parts = [scratch / f"pv{n}.img" for n in range(len(places))]
+    for part, (_image, _offset, size) in zip(parts, places):
+        with open(part, "wb") as f:
+            f.truncate(size)
+    loops = [out(["losetup", "--find", "--show", str(part)]).strip() for part in parts]
+    dev = ["--devices", ",".join(loops)]
     mnt = scratch / "mnt"
+
+    def copy_pvs():
+        for part, (image, offset, _size) in zip(parts, places):
+            _copy_into(part, image, offset)
     try:
-        run(["pvcreate", "-q", "-y", *dev, loop])
-        run(["vgcreate", "-q", "-y", *dev, "-s", "1M", vg, loop])
+        run(["pvcreate", "-q", "-y", *dev, *loops])
+        run(["vgcreate", "-q", "-y", *dev, "-s", "1M", vg, *loops])
         run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "swap", "-L", "8M", vg])
         run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "root", "-l", "100%FREE", vg])
         root = f"/dev/mapper/{vg.replace('-', '--')}-root"
@@ -803,68 +809,39 @@ def _make_guest_vg(image: Path, offset: int, size: int, vg: str, seed: str, fs_u
             if dirty and root_fs == "xfs":
                 run(["xfs_io", "-x", "-c", "shutdown -f", str(mnt)])  # the tree's metadata only in the log
             elif dirty:
-                _copy_into(part, image, offset)
+                copy_pvs()
         finally:
             run(["umount", str(mnt)])
         if root_fs == "xfs" and (xfs_log_state(root)[3] == "DIRTY") != dirty:
-            raise FixtureError(f"{image}@{offset}: the root LV's XFS log is not {'dirty' if dirty else 'clean'}")
-        run(["vgchange", "-q", "-an", *dev, vg])
-    finally:
-        run(["vgchange", "-q", "-an", *dev], check=False)
-        run(["udevadm", "settle", "--timeout=30"], check=False)
-        run(["losetup", "-d", loop])
-    if not dirty or root_fs == "xfs":
-        _copy_into(part, image, offset)
-    part.unlink()
-    if final_vg != vg:
-        _rename_vg_in_image(image, offset, vg, final_vg)
-
-
-def _build_spanning_images(images: list[Path], lay: Layout, size_mib: int, seed: str, dirty: bool, vg: str,
-                           scratch: Path) -> dict:
-    """The two disk images of add_spanning_guest (every LVM command sees only their loop devices)."""
-    total = size_mib * MiB // SECTOR
-    scratch.mkdir(parents=True, exist_ok=True)
-    pv_start, pv_end = lay.regions(total)[0]
-    pv_size = (pv_end - pv_start + 1) * SECTOR
-    parts = [scratch / f"pv{n}.img" for n in (0, 1)]
-    for image, part, n in zip(images, parts, (0, 1)):
-        with open(image, "wb") as f:
-            f.truncate(total * SECTOR)
-        run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(image)],
-            input=lay.sfdisk_script(total, f"{seed}|disk{n}").encode())
-        with open(part, "wb") as f:
-            f.truncate(pv_size)
-    loops = [out(["losetup", "--find", "--show", str(part)]).strip() for part in parts]
-    dev = ["--devices", ",".join(loops)]
-    mnt = scratch / "mnt"
-    fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|span"))
-    try:
-        run(["pvcreate", "-q", "-y", *dev, *loops])
-        run(["vgcreate", "-q", "-y", *dev, "-s", "1M", vg, *loops])
-        run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "root", "-l", "100%FREE", vg])
-        root = f"/dev/mapper/{vg.replace('-', '--')}-root"
-        run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-U", fs_uuid,
-             "-E", "lazy_itable_init=0,lazy_journal_init=0", root])
-        mnt.mkdir(exist_ok=True)
-        run(["mount", "-t", "ext4", root, str(mnt)])
-        try:
-            populate(mnt, seed)
-            if dirty:
-                for image, part in zip(images, parts):
-                    _copy_into(part, image, pv_start * SECTOR)
-        finally:
-            run(["umount", str(mnt)])
+            raise FixtureError(f"{places[0][0]}: the root LV's XFS log is not {'dirty' if dirty else 'clean'}")
         run(["vgchange", "-q", "-an", *dev, vg])
     finally:
         run(["vgchange", "-q", "-an", *dev], check=False)
         run(["udevadm", "settle", "--timeout=30"], check=False)
         run(["losetup", "-d", *loops])
-    if not dirty:
-        for image, part in zip(images, parts):
-            _copy_into(part, image, pv_start * SECTOR)
+    if not dirty or root_fs == "xfs":
+        copy_pvs()
     for part in parts:
         part.unlink()
+    if final_vg != vg:
+        for image, offset, _size in places:
+            _rename_vg_in_image(image, offset, vg, final_vg)
+
+
+def _build_spanning_images(images: list[Path], lay: Layout, size_mib: int, seed: str, dirty: bool, vg: str,
+                           scratch: Path) -> dict:
+    """The disk images of add_spanning_guest: a table each (`lay`), one guest VG over their PVs."""
+    total = size_mib * MiB // SECTOR
+    scratch.mkdir(parents=True, exist_ok=True)
+    pv_start, pv_end = lay.regions(total)[0]
+    pv_size = (pv_end - pv_start + 1) * SECTOR
+    for n, image in enumerate(images):
+        with open(image, "wb") as f:
+            f.truncate(total * SECTOR)
+        run(["sfdisk", "-q", "--no-reread", "--no-tell-kernel", str(image)],
+            input=lay.sfdisk_script(total, f"{seed}|disk{n}").encode())
+    fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|span"))
+    _make_guest_vg([(image, pv_start * SECTOR, pv_size) for image in images], vg, seed, fs_uuid, dirty, scratch)
     return {"offset": pv_start * SECTOR, "fs_size": pv_size, "uuid": fs_uuid}
 
 
