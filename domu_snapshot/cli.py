@@ -140,7 +140,11 @@ def _disk_record(disk_result):
             "fs": choice.fs if choice else None, "offset": choice.offset if choice else None,
             "loop_device": disk_result.loop or None, "journal": disk_result.journal or None,
             "snapshot_peak_use_percent": disk_result.peak_percent, "note": disk_result.note or None,
-            "guest_lv": disk_result.inner or None}
+            "guest_lv": disk_result.inner or None,
+            # guest_filesystems = all: each filesystem at its own path below mount_path
+            "filesystems": [{"mount_path": m.path, "what": m.what, "device": m.device or None,
+                             "journal": m.journal or None} for m in disk_result.filesystems],
+            "not_mounted": disk_result.left_out}
 
 
 def _result_record(result):
@@ -384,16 +388,21 @@ def _logical_sector_size(path):
         return 512
 
 
-def _probe_origin(disk, partition, selected, guest_lvm="no", guest_lv="auto"):
-    """Partition choice of an origin LV and why its filesystem would be refused (filesystems.refusal:
-    (message, hint) or None), read through a read-only loop device (with the LV's logical sector
-    size: a loop device has 512-byte sectors unless told, and the LBAs of a table written on a
-    4096-byte-sector disk count 4 KiB sectors)."""
+def _read_only_loop(disk):
+    """A read-only loop device over the origin LV, with the LV's logical sector size (a loop
+    device has 512-byte sectors unless told, and the LBAs of a table written on a 4096-byte-sector
+    disk count 4 KiB sectors); the caller detaches it."""
     argv = ["losetup", "--read-only", "--find", "--show"]
     sector_size = _logical_sector_size(disk.lv_path)
     if sector_size != 512:
         argv += ["--sector-size", str(sector_size)]
-    device = commands.run(argv + [disk.lv_path], changes_system=False).stdout.strip()
+    return commands.run(argv + [disk.lv_path], changes_system=False).stdout.strip()
+
+
+def _probe_origin(disk, partition, selected, guest_lvm="no", guest_lv="auto"):
+    """Partition choice of an origin LV and why its filesystem would be refused (filesystems.refusal:
+    (message, hint) or None), read through a read-only loop device (_read_only_loop)."""
+    device = _read_only_loop(disk)
     try:
         probed = partitions.probe_isolated(device)
         # LVM inside the guest: what prepare would do (guestlvm.plan reads the PV's metadata only)
@@ -412,6 +421,52 @@ def _probe_origin(disk, partition, selected, guest_lvm="no", guest_lv="auto"):
         loop.detach(device, undo=True)  # the attach above is a query's: undone in dry-run too
 
 
+def _plan_every(disk, selected, guest_lvm):
+    """What guest_filesystems = all would mount of an origin LV, read through a read-only loop
+    device: ([{"path", "fs", "offset"}], [what is left out], problem or None, the GuestVG or None). A guest
+    LV's filesystem is read where its metadata puts its first linear segment; an LV laid out
+    otherwise (thin, striped) shows as "an LV": what it holds shows once it is active."""
+    device = _read_only_loop(disk)
+    try:
+        probed = partitions.probe_isolated(device)
+        inner = guestlvm.plan(probed, device, guest_lvm, "auto", "auto")
+        try:
+            choices = partitions.choose(probed, "every", selected)
+        except ProbeError:
+            if inner is None:
+                raise
+            choices = []
+        found, problems = [], []
+        for choice in choices:
+            found.append({"path": mount.every_path(disk.mount_path, choice.number), "fs": choice.fs,
+                          "offset": choice.offset})
+            refused = filesystems.refusal(filesystems.read_superblock(device, choice.offset, choice.fs),
+                                          choice.where(disk.key))
+            if refused:
+                problems.append(refused[0])
+        left_out = partitions.left_out(probed, selected, also={inner[0].number} if inner else ())
+        if inner is not None:
+            pv, _shown, problem, guest_vg = inner
+            if problem:
+                problems.append(problem)
+            if guest_vg is not None:
+                for lv_name in guestlvm.candidates(guest_vg)[:guestlvm.EVERY_LV_MAX]:
+                    start = guest_vg.lv_offset(lv_name)
+                    superblock = guestlvm.lv_superblock(device, selected, pv.offset + start) if start is not None \
+                        else None
+                    if start is not None and superblock is None:
+                        left_out.append(f"LV {guest_vg.name}/{lv_name} (no {'/'.join(selected)} filesystem)")
+                        continue
+                    found.append({"path": mount.every_path(disk.mount_path, guest_vg=guest_vg.name, lv=lv_name),
+                                  "fs": superblock.fs if superblock else "lv",
+                                  "offset": pv.offset + start if start is not None else None})
+        if not found:
+            problems.append(f"no {'/'.join(selected)} filesystem found (not mounted: {', '.join(left_out) or '-'})")
+        return found, left_out, "; ".join(problems) or None, inner[3] if inner else None
+    finally:
+        loop.detach(device, undo=True)  # the attach above is a query's: undone in dry-run too
+
+
 def cmd_list(runner, args, out):
     guests = runner.discover()
     mounted = {target for target, _ in mount.under(runner.cfg.mount_root)}
@@ -421,9 +476,19 @@ def cmd_list(runner, args, out):
         for disk in guest.disks:
             row = {"guest": guest.name, "domain": guest.domain, "vmid": guest.vmid, "vg": disk.vg, "lv": disk.lv,
                    "size": disk.origin.size, "active": disk.origin.active, "partition": None, "fs": None,
-                   "offset": None, "mounted": disk.mount_path in mounted, "mount_path": disk.mount_path,
+                   "offset": None, "mount_path": disk.mount_path,
+                   "mounted": any(t == disk.mount_path or t.startswith(disk.mount_path + os.sep) for t in mounted),
                    "problem": None}
-            if disk.origin.active:
+            if disk.origin.active and runner.cfg.for_disk(guest, disk, "guest_filesystems") == "all":
+                try:
+                    every, left_out, problem, guest_vg = _plan_every(disk, runner.cfg.filesystems,
+                                                                     runner.cfg.for_disk(guest, disk, "guest_lvm"))
+                    row.update(partition="all", filesystems=every, not_mounted=left_out, problem=problem)
+                    if guest_vg is not None and guest_vg.pv_count > 1:
+                        guest_vgs.append((row, guest_vg, "auto"))
+                except (ProbeError, CommandError) as exc:
+                    row["problem"] = str(exc)
+            elif disk.origin.active:
                 try:
                     found = _probe_origin(disk, runner.cfg.for_disk(guest, disk, "partition"),
                                           runner.cfg.filesystems, runner.cfg.for_disk(guest, disk, "guest_lvm"),
@@ -463,16 +528,30 @@ def cmd_list(runner, args, out):
         print(f"{first(row)} {row['vg']:12} {row['size'] / 1024 ** 3:8.2f}G {part:>5} {row['fs'] or '-':5} "
               f"{'-' if row['offset'] is None else row['offset']:>12} {'yes' if row['mounted'] else 'no'}"
               + (f"  guest LVs: {one_line(row['guest_lvs'])}" if row.get("guest_lvs") else "")
+              + (f"  mounts: {_every_text(row)}" if row.get("filesystems") else "")
               + (f"  ({one_line(row['problem'])})" if row["problem"] else ""))
     return EXIT_OK
+
+
+def _every_text(row):
+    """guest_filesystems = all in `list`: "part1 ext4, lvm/vg/root (an LV), ...; not: partition 2 (...)"."""
+    shown = ", ".join(os.path.relpath(f["path"], row["mount_path"]) + (" (an LV)" if f["fs"] == "lv" else f" {f['fs']}")
+                      for f in row["filesystems"])
+    left = f"; not mounted: {', '.join(row['not_mounted'])}" if row.get("not_mounted") else ""
+    return one_line(shown + left)
 
 
 def _spanning_vgs(guest_vgs):
     """A guest VG whose PVs lie on several disks of one guest is brought up from all of them
     (prepare): its rows' problem counts the PVs found on the guest's disks."""
+    firsts = {}
     for row, guest_vg, wanted in guest_vgs:
         if guest_vg.pv_count < 2:
             continue
+        first = firsts.setdefault(guest_vg.uuid, row)
+        if first is not row and row.get("filesystems"):
+            # guest_filesystems = all: the VG's LVs are mounted below the first of its disks
+            row["filesystems"] = [f for f in row["filesystems"] if f["fs"] != "lv"]
         found = {other.this_pv for _row, other, _wanted in guest_vgs
                  if other.uuid == guest_vg.uuid and other.this_pv in guest_vg.pv_ids}
         where = f"{row['vg']}/{row['lv']} partition {row['partition']}"

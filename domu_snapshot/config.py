@@ -2,7 +2,8 @@
 
 The file has one `[domu-snapshot]` section for the run and optional
 `[guest NAME]` sections whose keys override the run's for that guest
-(GUEST_KEYS: partition, snapshot_size, chunk_size, quiesce and the snapshot hooks).
+(GUEST_KEYS: partition, snapshot_size, chunk_size, quiesce, the snapshot hooks, guest_lvm,
+guest_lv and guest_filesystems).
 """
 
 import configparser
@@ -24,8 +25,9 @@ QUIESCE_LEVELS = ("auto", "agent", "suspend", "sync", "none")
 # domain; else libvirt as far as it answers), plain uses none.
 HOST_KINDS = ("auto", "plain", "libvirt", "proxmox", "xl")
 GUEST_KEYS = ("partition", "snapshot_size", "chunk_size", "quiesce", "before_snapshot_hook",
-              "after_snapshot_hook", "before_hook_failure", "guest_lvm", "guest_lv")
+              "after_snapshot_hook", "before_hook_failure", "guest_lvm", "guest_lv", "guest_filesystems")
 GUEST_LVM_MODES = ("auto", "yes", "no")
+GUEST_FILESYSTEMS = ("first", "all")
 
 
 @dataclasses.dataclass
@@ -45,6 +47,10 @@ class Config:
     # (Debian's guided LVM has /boot first); "no" never. guest_lv: the LV, or auto (root-like first).
     guest_lvm: str = "auto"
     guest_lv: str = "auto"
+    # "first": the one filesystem above at the disk's path (the design card's behaviour); "all":
+    # every filesystem of `filesystems` on the disk (partitions and the guest VG's LVs), each at
+    # its own path below the disk's: part<N>, lvm/<guest vg>/<lv> (lifecycle.every_path).
+    guest_filesystems: str = "first"
     mount_root: str = "/var/lib/domu-snapshot/mnt"
     lock_file: str = "/run/domu-snapshot/lock"  # in a root-only directory (lock.py)
     lock_timeout: float = 60.0
@@ -205,6 +211,10 @@ def _check_guest_value(where, key, value):
     elif key == "guest_lv":
         if not re.match(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$", str(value)):
             raise DomuError(f"{where}: guest_lv must be auto or an LVM LV name, not {value!r}")
+    elif key == "guest_filesystems":
+        if value not in GUEST_FILESYSTEMS:
+            raise DomuError(f"{where}: guest_filesystems must be one of {', '.join(GUEST_FILESYSTEMS)}, "
+                            f"not {value!r}")
     elif key == "quiesce":
         if value not in QUIESCE_LEVELS:
             raise DomuError(f"{where}: quiesce must be one of {', '.join(QUIESCE_LEVELS)}, not {value!r}")

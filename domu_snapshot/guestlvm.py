@@ -43,6 +43,7 @@ MODES = ("auto", "yes", "no")
 # segment types of an LV we can activate and mount (linear is "striped" with one stripe)
 MOUNTABLE_SEGTYPES = frozenset({"striped", "linear", "thin"})
 VG_NAME_MAX = 64  # ours; the dm name of <vg>-<lv> must stay within lvm.DM_NAME_MAX
+EVERY_LV_MAX = 16  # guest_filesystems = all: LVs of a guest VG activated at most (a guest is untrusted)
 
 _LABEL = b"LABELONE"
 _LABEL_TYPE = b"LVM2 001"
@@ -50,6 +51,11 @@ _MDA_MAGIC = b" LVM2 x[5A%r0N*>"
 _MDA_HEADER_SIZE = 512
 _METADATA_MAX = 16 * 1024 * 1024  # a guest's PV is untrusted: bounded reads
 _NAME = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
+
+
+def lvm_name(name):
+    """Whether `name` is a VG or LV name LVM accepts (its characters; never "." or "..")."""
+    return bool(_NAME.match(name)) and name not in (".", "..")
 
 
 class MetadataError(Exception):
@@ -85,10 +91,15 @@ class GuestLV:
     name: str
     visible: bool
     segtypes: tuple
+    # where its first segment starts, for a linear one: (PV key in the metadata, extent), else None
+    start: tuple = None
+    start_extents: int = 0  # that segment's length in extents
 
     @property
     def mountable(self):
-        return self.visible and bool(self.segtypes) and all(s in MOUNTABLE_SEGTYPES for s in self.segtypes)
+        # a crafted name never reaches an LVM command or a path (mount.every_path)
+        return self.visible and bool(self.segtypes) and all(s in MOUNTABLE_SEGTYPES for s in self.segtypes) \
+            and lvm_name(self.name)
 
 
 @dataclasses.dataclass
@@ -100,6 +111,22 @@ class GuestVG:
     uuid: str = ""  # the VG's id, without dashes
     pv_ids: tuple = ()  # its PVs' ids, without dashes
     this_pv: str = ""  # the id of the PV this was read from
+    extent_size: int = 0  # sectors of 512 bytes
+    pe_starts: dict = dataclasses.field(default_factory=dict)  # PV id -> (key in the metadata, pe_start sectors)
+
+    def lv_offset(self, lv_name):
+        """The byte offset, within the PV this was read from, of LV `lv_name`'s first bytes, when
+        its first segment is linear, on that PV and at least 64 KiB long (a superblock can be
+        read there without activating it: `list`); else None."""
+        lv = next((lv for lv in self.lvs if lv.name == lv_name), None)
+        found = self.pe_starts.get(self.this_pv)
+        if lv is None or lv.start is None or found is None or self.extent_size <= 0:
+            return None
+        key, pe_start = found
+        pv_key, extent = lv.start
+        if pv_key != key or lv.start_extents * self.extent_size * 512 < 65536:
+            return None
+        return (pe_start + extent * self.extent_size) * 512
 
 
 def _bare_id(value):
@@ -225,13 +252,23 @@ def parse_vg(text):
         if not isinstance(lv, dict):
             continue
         status = lv.get("status") if isinstance(lv.get("status"), list) else []
-        segtypes = tuple(str(seg.get("type", "")) for key, seg in sorted(lv.items())
-                         if key.startswith("segment") and isinstance(seg, dict))
-        lvs.append(GuestLV(lv_name, "VISIBLE" in status, segtypes))
+        segments = [seg for key, seg in sorted(lv.items()) if key.startswith("segment") and isinstance(seg, dict)]
+        segtypes = tuple(str(seg.get("type", "")) for seg in segments)
+        start, length = None, 0
+        first = next((seg for seg in segments if seg.get("start_extent") == 0), None)
+        stripes = first.get("stripes") if first else None
+        if first and first.get("type") == "striped" and first.get("stripe_count") == 1 and isinstance(stripes, list) \
+                and len(stripes) == 2 and isinstance(stripes[0], str) and isinstance(stripes[1], int) \
+                and stripes[1] >= 0 and isinstance(first.get("extent_count"), int):
+            start, length = (stripes[0], stripes[1]), first["extent_count"]
+        lvs.append(GuestLV(lv_name, "VISIBLE" in status, segtypes, start, length))
     status = body.get("status") if isinstance(body.get("status"), list) else []
     pv_ids = tuple(_bare_id(pv.get("id")) for pv in pvs.values() if isinstance(pv, dict))
+    pe_starts = {_bare_id(pv.get("id")): (key, pv["pe_start"]) for key, pv in pvs.items()
+                 if isinstance(pv, dict) and isinstance(pv.get("pe_start"), int) and pv["pe_start"] >= 0}
+    extent_size = body.get("extent_size") if isinstance(body.get("extent_size"), int) else 0
     return GuestVG(name, len(pvs), lvs, exported="EXPORTED" in status, uuid=_bare_id(body.get("id")),
-                   pv_ids=pv_ids)
+                   pv_ids=pv_ids, extent_size=max(extent_size, 0), pe_starts=pe_starts)
 
 
 # --------------------------------------------------------------------------------- choices
@@ -266,7 +303,7 @@ def candidates(guest_vg, wanted="auto"):
 def refusal(guest_vg, where, found=1):
     """(message, hint) when the guest VG on `where` must not be brought up, else None. `found`:
     how many of its PVs are on the disks snapshotted with it (the guest's disks)."""
-    if not _NAME.match(guest_vg.name):
+    if not lvm_name(guest_vg.name):
         return (f"{where} holds a guest VG whose name {guest_vg.name!r} is not an LVM name",
                 "set guest_lvm = no for this guest")
     if guest_vg.pv_count > found:
@@ -423,16 +460,16 @@ def describe(guest_vg, inner_name, lv):
     return f"guest VG {guest_vg.name} (as {inner_name}), LV {lv}"
 
 
-def bring_up(guest, disk, snapshot, choice, result, cfg, members=()):
+def bring_up(guest, disk, snapshot, choice, result, cfg, members=(), every=False):
     """Loop device over the PV partition, the guest VG renamed and its LV activated, replayed and
     mounted at the disk's path. `members`: (disk, snapshot path, PV Choice) of the guest's other
     disks that hold PVs of the same VG (a VG spanning disks): each gets a loop device too, and
-    every LVM command sees all of them. Raises GuestError; what it created is torn down by the
-    caller's teardown, which derives it from the system (the loop devices over our snapshots,
-    their holders)."""
-    from . import filesystems, loop, mount
-    from .commands import CommandError
-    from .errors import GuestError, ProbeError
+    every LVM command sees all of them. every (guest_filesystems = all): each LV's filesystem of
+    `filesystems`, at mount.every_path below the disk's path (result.filesystems), the others in
+    result.left_out. Raises GuestError; what it created is torn down by the caller's teardown,
+    which derives it from the system (the loop devices over our snapshots, their holders)."""
+    from . import mount
+    from .errors import GuestError
 
     name = guest.name
     where = choice.where(disk.key)
@@ -444,11 +481,52 @@ def bring_up(guest, disk, snapshot, choice, result, cfg, members=()):
     refused = refusal(guest_vg, where, 1 + len(members))
     if refused:
         raise GuestError(name, "guest LVM", *refused)
-    wanted = cfg.for_disk(guest, disk, "guest_lv")
+    wanted = "auto" if every else cfg.for_disk(guest, disk, "guest_lv")
     names = candidates(guest_vg, wanted)
     if not names:
         raise GuestError(name, "guest LVM", f"guest VG {guest_vg.name} on {where} has no mountable LV {wanted!r} "
                          f"(LVs: {', '.join(lv.name for lv in guest_vg.lvs)})", "set guest_lv to one of them, or auto")
+    limit = EVERY_LV_MAX if every else 4
+    if every and len(names) > limit:
+        result.left_out.append(f"{len(names) - limit} more LVs of guest VG {guest_vg.name} (at most {limit})")
+    names, seen = _activate(guest, disk, snapshot, choice, result, cfg, members, guest_vg, names[:limit])
+    inner = inner_vg_name(disk.vg, disk.lv)
+    spans = f" (PVs on {disk.key}, {', '.join(member.key for member, _path, _pv in members)})" if members else ""
+    for lv_name in names:
+        device = seen["lvs"].get(lv_name) or "/dev/mapper/" + _dm_name(inner, lv_name)
+        superblock = lv_superblock(device, cfg.filesystems)
+        if superblock is None:
+            if every:
+                result.left_out.append(f"LV {guest_vg.name}/{lv_name} (no {'/'.join(cfg.filesystems)} filesystem)")
+            continue
+        lv_where = f"{where} LV {guest_vg.name}/{lv_name}"
+        if not every:
+            result.choice = dataclasses.replace(choice, fs=superblock.fs)
+            result.inner = describe(guest_vg, inner, lv_name) + spans
+            result.journal = _replay_and_mount(name, device, superblock, lv_where, disk.mount_path, cfg)
+            result.mounted = True
+            return result
+        path = mount.every_path(disk.mount_path, guest_vg=guest_vg.name, lv=lv_name)
+        journal = _replay_and_mount(name, device, superblock, lv_where, path, cfg)
+        result.filesystems.append(mount.Mounted(path, f"LV {guest_vg.name}/{lv_name}, {superblock.fs}", journal,
+                                                device))
+        result.inner = f"guest VG {guest_vg.name} (as {inner}){spans}"
+    if every:
+        return result
+    raise GuestError(name, "guest LVM", f"no {'/'.join(cfg.filesystems)} filesystem on the LVs "
+                     f"{', '.join(names)} of guest VG {guest_vg.name} on {where}",
+                     "set guest_lv to the LV holding the guest's root filesystem, or guest_lvm = no")
+
+
+def _activate(guest, disk, snapshot, choice, result, cfg, members, guest_vg, names):
+    """Loop devices over the PVs, the guest VG renamed on them (vgimportclone) and LVs `names`
+    activated: (the names LVM shows, vg_report's entry of the renamed VG)."""
+    from . import loop
+    from .commands import CommandError
+    from .errors import GuestError
+
+    name = guest.name
+    where = choice.where(disk.key)
     loops = []
     try:
         result.loop = loop.attach(snapshot, choice.offset, choice.size, choice.sector_size)
@@ -480,53 +558,49 @@ def bring_up(guest, disk, snapshot, choice, result, cfg, members=()):
                              "back up this guest another way, or set guest_lvm = no")
         names = [n for n in names if n in seen["lvs"]]
         step = "guest LV activation"
-        activate(loops, inner, names[:4])
+        activate(loops, inner, names)
     except CommandError as exc:
         raise GuestError(name, step, exc.summary(),
                          "the guest VG is on the snapshot only; run domu-snapshot cleanup if anything is left") from None
-    for lv_name in names[:4]:
-        device = seen["lvs"].get(lv_name) or "/dev/mapper/" + _dm_name(inner, lv_name)
-        superblock = _superblock(device, cfg.filesystems)
-        if superblock is None:
-            continue
-        kind = filesystems.kind(superblock.fs)
-        lv_where = f"{where} LV {guest_vg.name}/{lv_name}"
-        refused = kind.refusal(superblock, lv_where)
-        if refused:
-            raise GuestError(name, kind.check_step, *refused)
-        result.choice = dataclasses.replace(choice, fs=superblock.fs)
-        result.inner = describe(guest_vg, inner, lv_name)
-        if members:
-            result.inner += f" (PVs on {disk.key}, {', '.join(member.key for member, _path, _pv in members)})"
-        try:
-            mount.make_dirs(disk.mount_path, cfg.mount_root)  # before the replay: XFS replays by a mount
-        except OSError as exc:
-            raise GuestError(name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
-        try:
-            result.journal = kind.replay(device, disk.mount_path, cfg.busy_retries)
-        except ProbeError as exc:
-            raise GuestError(name, "journal check", exc.message, exc.hint) from None
-        except CommandError as exc:
-            raise GuestError(name, kind.replay_step, exc.summary(), kind.replay_hint) from None
-        try:
-            kind.mount(device, disk.mount_path, superblock.fs)
-        except CommandError as exc:
-            raise GuestError(name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
-        result.mounted = True
-        return result
-    raise GuestError(name, "guest LVM", f"no {'/'.join(cfg.filesystems)} filesystem on the LVs "
-                     f"{', '.join(names[:4])} of guest VG {guest_vg.name} on {where}",
-                     "set guest_lv to the LV holding the guest's root filesystem, or guest_lvm = no")
+    return names, seen
 
 
-def _superblock(device, wanted):
-    """The superblock of the filesystem on the guest LV `device` when its type is one of `wanted`
-    (the configuration's filesystems), else None."""
+def _replay_and_mount(name, device, superblock, where, path, cfg):
+    """The guest LV's journal (log) replayed on the snapshot, then it mounted read-only at `path`."""
+    from . import filesystems, mount
+    from .commands import CommandError
+    from .errors import GuestError, ProbeError
+
+    kind = filesystems.kind(superblock.fs)
+    refused = kind.refusal(superblock, where)
+    if refused:
+        raise GuestError(name, kind.check_step, *refused)
+    try:
+        mount.make_dirs(path, cfg.mount_root)  # before the replay: XFS replays by a mount
+    except OSError as exc:
+        raise GuestError(name, "mount", f"{path}: {exc}", "check the mount root") from None
+    try:
+        journal = kind.replay(device, path, cfg.busy_retries)
+    except ProbeError as exc:
+        raise GuestError(name, "journal check", exc.message, exc.hint) from None
+    except CommandError as exc:
+        raise GuestError(name, kind.replay_step, exc.summary(), kind.replay_hint) from None
+    try:
+        kind.mount(device, path, superblock.fs)
+    except CommandError as exc:
+        raise GuestError(name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
+    return journal
+
+
+def lv_superblock(device, wanted, offset=0):
+    """The superblock of the filesystem on the guest LV `device` (or at `offset` of the PV's
+    device: GuestVG.lv_offset) when its type is one of `wanted` (the configuration's
+    filesystems), else None."""
     from . import fsck, xfs
 
-    found = fsck.read_superblock(device)
+    found = fsck.read_superblock(device, offset)
     if found is None and "xfs" in wanted:
-        found = xfs.read_superblock(device)
+        found = xfs.read_superblock(device, offset)
     return found if found is not None and found.fs in wanted else None
 
 
@@ -565,10 +639,17 @@ def plan_problem(guest_vg, where, wanted, found=1):
 
 def host_scans_lvs():
     """Whether the host's LVM scans LVs for PVs (lvm.conf devices/scan_lvs = 1): then a guest VG
-    on a guest's LV is seen, and may be auto-activated, by the host. None when unknown."""
-    try:
-        proc = commands.run(["lvmconfig", "--typeconfig", "full", "devices/scan_lvs"], check=False)
-    except commands.CommandError:
-        return None
-    match = re.search(r"scan_lvs\s*=\s*(\d+)", proc.stdout)
-    return None if match is None else match.group(1) != "0"
+    on a guest's LV is seen, and may be auto-activated, by the host. None when unknown.
+
+    The value set in the host's files (`--typeconfig current`), else LVM's default: `--typeconfig
+    full` would say both at once but fails on Debian 12's LVM 2.03.16 ("Cannot clone NULL config
+    node", seen in the test bed)."""
+    for kind in ("current", "default"):
+        try:
+            proc = commands.run(["lvmconfig", "--typeconfig", kind, "devices/scan_lvs"], check=False)
+        except commands.CommandError:
+            return None
+        match = re.search(r"scan_lvs\s*=\s*(\d+)", proc.stdout)  # default prints it commented: "# scan_lvs=0"
+        if proc.returncode == 0 and match:
+            return match.group(1) != "0"
+    return None

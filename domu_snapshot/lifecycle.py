@@ -76,14 +76,31 @@ class DiskResult:
     note: str = ""
     inner: str = ""  # LVM inside the guest: "guest VG ubuntu-vg (as domusnap_...), LV root"
     inner_note: str = ""  # e.g. the host's udev had auto-activated the guest VG
+    # guest_filesystems = all: each filesystem at its own path below mount_path (mount.Mounted),
+    # and what the disk holds that was not mounted ("partition 1 (fat32)")
+    filesystems: List[mount.Mounted] = dataclasses.field(default_factory=list)
+    left_out: List[str] = dataclasses.field(default_factory=list)
 
     @property
     def mount_path(self):
         return self.disk.mount_path
 
+    @property
+    def roots(self):
+        """The paths of the mounted filesystems: the disk's path, or (all) those below it."""
+        if self.filesystems:
+            return [m.path for m in self.filesystems]
+        return [self.mount_path] if self.mounted else []
+
     def describe(self):
         if self.note:
             return f"{self.disk.key}: {self.note}"
+        if self.filesystems:
+            shown = "; ".join(f"{os.path.relpath(m.path, self.mount_path)}: {m.what}, {m.journal or 'clean'}"
+                              for m in self.filesystems)
+            left = f"; not mounted: {', '.join(self.left_out)}" if self.left_out else ""
+            inner = f"; {self.inner}" if self.inner else ""  # the guest VG, once
+            return f"{self.disk.key}: {shown}{inner}{left}"
         if not self.choice:
             return f"{self.disk.key}: not mounted"
         inner = f", {self.inner}" if self.inner else ""
@@ -678,7 +695,8 @@ class Runner:
     def _mount_disk(self, guest, disk, more_disks=False):
         result = DiskResult(disk)
         snapshot = disk.snapshot_path
-        if disk.key in self._vg_with:
+        every = self.cfg.for_disk(guest, disk, "guest_filesystems") == "all"
+        if disk.key in self._vg_with and not every:
             result.note = f"holds a PV of the guest VG brought up with {self._vg_with[disk.key]}"
             return result
         try:
@@ -686,6 +704,8 @@ class Runner:
         except ProbeError as exc:
             raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
         mode = self.cfg.for_disk(guest, disk, "guest_lvm")
+        if every:
+            return self._mount_every(guest, disk, probed, mode, result)
         partition = self.cfg.for_disk(guest, disk, "partition")
         pv = self.system.find_pv(probed, snapshot, partition) if mode != "no" else None
         if pv is not None and mode == "yes":
@@ -701,8 +721,50 @@ class Runner:
             raise GuestError(guest.name, "partition", f"{disk.key}: {exc.message}", exc.hint) from None
         if pv is not None:
             result.inner_note = (f"{disk.key} also holds an LVM PV ({pv.where(disk.key)}): its guest VG is not "
-                                 f"backed up (set guest_lvm = yes for this guest to mount its root LV instead)")
+                                 f"backed up (set guest_lvm = yes for this guest to mount its root LV instead, "
+                                 f"or guest_filesystems = all for every filesystem of it)")
         result.choice = choice
+        result.loop, result.journal = self._mount_partition(guest, disk, choice, disk.mount_path)
+        result.mounted = True
+        return result
+
+    def _mount_every(self, guest, disk, probed, mode, result):
+        """guest_filesystems = all: every filesystem of `filesystems` on the disk's partitions and
+        on the LVs of the guest VG in its PV (unless guest_lvm = no), each at mount.every_path."""
+        snapshot = disk.snapshot_path
+        pv = self.system.find_pv(probed, snapshot, "auto") if mode != "no" else None
+        brought_up_with = self._vg_with.get(disk.key)
+        try:
+            choices = partitions.choose(probed, "every", self.cfg.filesystems)
+        except ProbeError as exc:
+            if pv is None:  # else: a PV on the whole disk, no table
+                raise GuestError(guest.name, "partition", f"{disk.key}: {exc.message}", exc.hint) from None
+            choices = []
+        result.left_out = partitions.left_out(probed, self.cfg.filesystems, also={pv.number} if pv else ())
+        for choice in choices:
+            path = mount.every_path(disk.mount_path, choice.number)
+            loop_name, journal = self._mount_partition(guest, disk, choice, path)
+            result.filesystems.append(mount.Mounted(path, choice.describe(), journal, loop_name))
+        if pv is not None and brought_up_with is None:
+            self._bring_up_guest_vg(guest, disk, pv, result, every=True)
+        result.mounted = bool(result.filesystems)
+        if not result.mounted:
+            if brought_up_with is not None:
+                result.note = f"holds a PV of the guest VG brought up with {brought_up_with}"
+            elif partitions.only_swap(probed):
+                result.note = "holds only swap"
+            else:
+                raise GuestError(guest.name, "partition", f"{disk.key}: no {'/'.join(self.cfg.filesystems)} "
+                                 f"filesystem on its partitions or guest LVs (not mounted: "
+                                 f"{', '.join(result.left_out) or 'nothing found'})",
+                                 "set filesystems to the guest's filesystem types, or exclude the guest")
+        return result
+
+    def _mount_partition(self, guest, disk, choice, path):
+        """A loop device over `choice` of the disk's snapshot, its journal (log) replayed there and
+        it mounted read-only at `path`: (loop device, what the replay did). Raises GuestError; what
+        was made is found and torn down by teardown."""
+        snapshot = disk.snapshot_path
         kind = filesystems.kind(choice.fs)
         if kind is None:
             raise GuestError(guest.name, "partition", f"{disk.key}: {choice.describe()}: not a filesystem this "
@@ -722,34 +784,35 @@ class Runner:
                 f"{disk.key}: the {superblock.fs} filesystem claims {superblock.size} bytes but its partition "
                 f"holds {choice.size}: the partition table or the filesystem is damaged", kind.resize_hint)
         try:
-            result.loop = self.system.attach_loop(snapshot, choice.offset, choice.size, choice.sector_size)
+            loop_name = self.system.attach_loop(snapshot, choice.offset, choice.size, choice.sector_size)
         except CommandError as exc:
             raise GuestError(guest.name, "loop device", exc.summary(),
                              "check for free loop devices (losetup --list) and that the loop module is loaded") from None
         try:
             # before the replay: XFS replays its log by a mount there
-            mount.make_dirs(disk.mount_path, self.cfg.mount_root)
+            mount.make_dirs(path, self.cfg.mount_root)
         except OSError as exc:
-            raise GuestError(guest.name, "mount", f"{disk.mount_path}: {exc}", "check the mount root") from None
+            raise GuestError(guest.name, "mount", f"{path}: {exc}", "check the mount root") from None
         try:
-            result.journal = self.system.replay(kind, result.loop, disk.mount_path, self.cfg.busy_retries)
+            journal = self.system.replay(kind, loop_name, path, self.cfg.busy_retries)
         except ProbeError as exc:
             raise GuestError(guest.name, "journal check", exc.message, exc.hint) from None
         except CommandError as exc:
             raise GuestError(guest.name, kind.replay_step, exc.summary(), kind.replay_hint) from None
         try:
-            self.system.mount(kind, result.loop, disk.mount_path, superblock.fs)
+            self.system.mount(kind, loop_name, path, superblock.fs)
         except CommandError as exc:
             raise GuestError(guest.name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
-        result.mounted = True
-        return result
+        return loop_name, journal
 
-    def _bring_up_guest_vg(self, guest, disk, pv, result):
-        """The guest VG on `disk`'s PV, with the PVs of the same VG on the guest's other disks."""
+    def _bring_up_guest_vg(self, guest, disk, pv, result, every=False):
+        """The guest VG on `disk`'s PV, with the PVs of the same VG on the guest's other disks;
+        every: all its LVs' filesystems (guest_filesystems = all), else the root-like one."""
         members = self._vg_members(guest, disk, pv)
         for member, _path, _pv in members:
             self._vg_with[member.key] = disk.key
-        return self.system.bring_up_guest_vg(guest, disk, disk.snapshot_path, pv, result, self.cfg, members)
+        return self.system.bring_up_guest_vg(guest, disk, disk.snapshot_path, pv, result, self.cfg, members,
+                                             every=every)
 
     def _vg_members(self, guest, disk, pv):
         """(disk, snapshot path, PV Choice) of the guest's other disks holding a PV of the guest
@@ -889,7 +952,7 @@ class Runner:
                         result.fail(_pool_full_error(guest.name, snapshot, pool, full))
                     step = "snapshot removal"
                     self.system.remove_snapshot(snapshot, self.cfg.busy_retries)
-                self._remove_files(disk.mount_path)
+                self._remove_files(disk.mount_path, skip={target for target, _source in foreign})
             except CommandError as exc:
                 result.fail(GuestError(
                     guest.name, step, exc.summary(),
@@ -898,8 +961,9 @@ class Runner:
         result.seconds = time.monotonic() - started
         return result
 
-    def _remove_files(self, mount_path):
-        """The saved domain definition next to a torn-down mount, and its now empty directories."""
+    def _remove_files(self, mount_path, skip=()):
+        """The saved domain definition next to a torn-down mount, and its now empty directories
+        (with guest_filesystems = all, those below it too; never one of `skip`: mounts not ours)."""
         if commands.is_dry_run():
             for suffix in quiesce.DEFINITION_SUFFIXES:
                 xml = quiesce.domain_xml_path(mount_path, suffix)
@@ -909,6 +973,8 @@ class Runner:
                 commands.say(f"would remove the directory {mount_path} (if empty)")
             return
         quiesce.remove_domain_xml(mount_path)
+        if mount_path not in skip and not os.path.ismount(mount_path):
+            mount.remove_empty_tree(mount_path, skip)
         mount.remove_empty_dirs(mount_path, self.cfg.mount_root)
 
     def leftovers(self, state=None, selected_only=False):
@@ -960,13 +1026,16 @@ class Runner:
             vgs = os.listdir(root)
         except OSError:
             return
+        mounted = {target for target, _source in self.system.mounts_under(root)}
         for vg in vgs:
             vg_dir = os.path.join(root, vg)
             if os.path.islink(vg_dir) or not os.path.isdir(vg_dir):
                 continue
             for lv in os.listdir(vg_dir):
                 path = os.path.join(vg_dir, lv)
-                if not os.path.islink(path) and os.path.isdir(path) and not os.path.ismount(path):
+                if not os.path.islink(path) and os.path.isdir(path) and not os.path.ismount(path) \
+                        and path not in mounted:
+                    mount.remove_empty_tree(path, mounted)  # guest_filesystems = all: part<N>, lvm/...
                     mount.remove_empty_dirs(path, root)
             quiesce.remove_stale_domain_xml(vg_dir, keep)
             mount.remove_empty_dirs(vg_dir, root)

@@ -1,5 +1,6 @@
 """Mounting the guest filesystem read-only, and finding our mounts (findmnt)."""
 
+import dataclasses
 import json
 import os
 
@@ -7,6 +8,25 @@ from . import commands
 
 # A guest's filesystem is untrusted: no setuid, no device nodes, no programs.
 MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
+
+
+@dataclasses.dataclass
+class Mounted:
+    """One filesystem of a guest disk at a path of its own (guest_filesystems = all)."""
+
+    path: str
+    what: str  # "partition 1 (msdos), ext4 at byte 1048576", "guest VG ... LV home, ext4"
+    journal: str = ""  # what the replay did ("" when clean)
+    device: str = ""  # the loop device or the guest LV's device-mapper device
+
+
+def every_path(disk_path, number=None, guest_vg=None, lv=None):
+    """Where guest_filesystems = all mounts a filesystem of a disk: <disk path>/part<N> for a
+    partition (whole for a filesystem on the whole disk), <disk path>/lvm/<guest VG>/<LV> for an
+    LV of the guest's VG (names LVM accepts: no "/", never "." or "..")."""
+    if lv is not None:
+        return os.path.join(disk_path, "lvm", guest_vg, lv)
+    return os.path.join(disk_path, "whole" if number == 0 else f"part{number}")
 
 
 def mount(device, target, fstype, options=MOUNT_OPTIONS):
@@ -49,6 +69,27 @@ def make_dirs(path, root):
             pass
         if os.path.islink(directory) or not os.path.isdir(directory):
             raise OSError(f"{directory} exists and is not a directory")
+
+
+def remove_empty_tree(path, skip=(), depth=3):
+    """rmdir the empty directories below `path` (at most `depth` levels: every_path's), deepest
+    first; never a symlink, a mount point or anything in `skip` (the mount targets findmnt shows),
+    never a file. Never recursive removal: what is not empty stays."""
+    if depth <= 0:
+        return
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        child = os.path.join(path, name)
+        if child in skip or os.path.islink(child) or not os.path.isdir(child) or os.path.ismount(child):
+            continue
+        remove_empty_tree(child, skip, depth - 1)
+        try:
+            os.rmdir(child)
+        except OSError:
+            pass  # not empty, or busy
 
 
 def remove_empty_dirs(path, root):

@@ -316,7 +316,8 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
     `partition`: "auto" (first partition, by number, whose filesystem is one of
     `filesystems`), "whole" or "0" (the filesystem covers the whole device, no table: `list`
     shows such a guest's partition as 0) or a partition number (1 and up); these two take any
-    ext2/3/4 filesystem, and a filesystem of `filesystems` (xfs).
+    ext2/3/4 filesystem, and a filesystem of `filesystems` (xfs). "every": the list of the
+    Choices of every partition (by number) whose filesystem is one of `filesystems`.
     """
     if not isinstance(probed, dict):
         raise ProbeError("the partition-table reader returned nothing usable")
@@ -371,6 +372,10 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
                                      f"not {accepted}", f"partitions found: {_listing(parts)}")
                 return to_choice(p)
         raise ProbeError(f"partition {wanted} does not exist ({label} table; partitions found: {_listing(parts)})")
+    if str(partition) == "every":
+        # guest_filesystems = all: each of them (lifecycle mounts one per path), [] when none
+        return [to_choice(p) for p in parts
+                if p.get("kind") != "extended" and p.get("fs") in filesystems and p["length"] > 0]
     for p in parts:
         if p.get("kind") == "extended" or p.get("fs") not in filesystems:
             continue
@@ -380,6 +385,16 @@ def choose(probed, partition="auto", filesystems=("ext4", "ext3")):
     raise ProbeError(
         f"no {'/'.join(filesystems)} filesystem found ({label} table; partitions found: {_listing(parts)})",
         "set partition=N for this guest if the filesystem is there, or exclude the guest")
+
+
+def left_out(probed, filesystems, also=()):
+    """"partition N (fs)" of each partition that guest_filesystems = all does not mount (not one of
+    `filesystems`, not an extended partition, not a number in `also`: the guest VG's PV)."""
+    parts = sorted((p for p in (probed.get("partitions") or []) if isinstance(p, dict)
+                    and isinstance(p.get("number"), int) and p.get("kind") != "extended"),
+                   key=lambda p: p["number"])
+    return [f"partition {p['number']} ({p.get('fs') or 'no recognised filesystem'})" for p in parts
+            if p.get("fs") not in filesystems and p["number"] not in also]
 
 
 def only_swap(probed):

@@ -77,9 +77,10 @@ class System:
     def unmount(self, target, retries):
         mount.unmount(target, retries)
 
-    def bring_up_guest_vg(self, guest, disk, snapshot, pv, result, cfg, members=()):
-        """LVM inside the guest: loops over its PVs, the VG renamed and activated, its root mounted."""
-        return guestlvm.bring_up(guest, disk, snapshot, pv, result, cfg, members)
+    def bring_up_guest_vg(self, guest, disk, snapshot, pv, result, cfg, members=(), every=False):
+        """LVM inside the guest: loops over its PVs, the VG renamed and activated, its root (every:
+        each LV's filesystem) mounted."""
+        return guestlvm.bring_up(guest, disk, snapshot, pv, result, cfg, members, every)
 
     def deactivate_guest_vg(self, loop_name, retries):
         guestlvm.deactivate(loop_name, retries)

@@ -1165,6 +1165,9 @@ class FakeGuest:
     peak_percent: float = 2.5
     domain_xml: str = ""                # written next to the first disk's mount, like the core
     held_by: str = ""                   # "cli": held by `domu-snapshot mount` (the core leaves it alone)
+    # guest_filesystems = all: the directories below each tree that are its "filesystems" (part1,
+    # lvm/vg/home), each walked as a root of its own, as the core reports them (DiskResult.filesystems)
+    filesystems: tuple = ()
 
 
 class DirRunner:
@@ -1239,6 +1242,11 @@ class DirRunner:
             result.disks.append(self.lifecycle.DiskResult(disk, choice=choice, loop="/dev/loop9",
                                                           journal="journal replayed",
                                                           mounted=True))
+            if fake.filesystems:
+                from domu_snapshot import mount
+                result.disks[-1].choice = None
+                result.disks[-1].filesystems = [mount.Mounted(os.path.join(disk.mount_path, sub), sub, "clean")
+                                                for sub in fake.filesystems]
             self.mounted[disk.mount_path] = disk
         if fake.domain_xml:
             path = os.path.normpath(guest.disks[0].mount_path) + ".domain.xml"

@@ -121,7 +121,8 @@ LAYOUTS = {lay.name: lay for lay in [
     Layout("msdos-swap-xfs", "RHEL-like: msdos, swap at 1 MiB, then XFS (issue 15)", 336, "msdos", "xfs", 2),
     # LVM inside the guest (add_guest(..., inner_vg=NAME)): the tree is on the guest VG's LV root
     Layout("msdos-boot-lvm", "Debian guided LVM: msdos, /boot ext4 (clean, its own tree), then an "
-           "LVM PV holding VG <inner_vg> with LVs root (ext4) and swap", 64, "msdos", "ext4", 2),
+           "LVM PV holding VG <inner_vg> with LVs swap, home (ext4, clean, its own tree) and root (ext4)",
+           80, "msdos", "ext4", 2),
     Layout("msdos-lvm", "msdos, one LVM PV holding VG <inner_vg> with LVs root (ext4) and swap",
            48, "msdos", "ext4", 1),
     # the RHEL/Alma/Rocky installer's default; both XFS at mkfs.xfs's least size (see above)
@@ -673,7 +674,8 @@ def build_disk_image(image: Path, lay: Layout, size_mib: int, seed: str, dirty: 
         pv_start, pv_end = fs_region
         fs_uuid = str(uuid.uuid5(UUID_NS, f"{seed}|{lay.fstype}"))
         pv_size = (pv_end - pv_start + 1) * SECTOR
-        _make_guest_vg([(image, pv_start * SECTOR, pv_size)], inner_vg, seed, fs_uuid, dirty, scratch, lay.fstype)
+        _make_guest_vg([(image, pv_start * SECTOR, pv_size)], inner_vg, seed, fs_uuid, dirty, scratch, lay.fstype,
+                       home=lay.name == "msdos-boot-lvm")
         return {"offset": pv_start * SECTOR, "fs_size": pv_size, "uuid": fs_uuid, "swap_partitions": []}
     if fs_region:
         start, end = fs_region
@@ -768,9 +770,10 @@ def _make_vfat(image: Path, offset: int, size: int, seed: str, scratch: Path) ->
 
 
 def _make_guest_vg(places: list[tuple[Path, int, int]], vg: str, seed: str, fs_uuid: str, dirty: bool,
-                   scratch: Path, root_fs: str = "ext4") -> None:
+                   scratch: Path, root_fs: str = "ext4", home: bool = False) -> None:
     """A guest VG `vg` on one PV per (image, offset, size) of `places` (several: a VG extended over
-    more disks), with LVs swap and root (`root_fs`: ext4, dirty as _make_fs; xfs, dirty as
+    more disks), with LVs swap, (home: an LV home, ext4, clean, holding the tree of seed + "-home")
+    and root (`root_fs`: ext4, dirty as _make_fs; xfs, dirty as
     _make_xfs; it spans every PV), each PV built in a scratch file and put into its image at its
     offset. Every LVM command sees only the scratch loop devices (--devices). A VG named like a
     host VG cannot be created here (vgcreate refuses a name whose /dev/<vg> exists): it is built
@@ -794,9 +797,21 @@ def _make_guest_vg(places: list[tuple[Path, int, int]], vg: str, seed: str, fs_u
         run(["pvcreate", "-q", "-y", *dev, *loops])
         run(["vgcreate", "-q", "-y", *dev, "-s", "1M", vg, *loops])
         run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "swap", "-L", "8M", vg])
+        if home:
+            run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "home", "-L", "12M", vg])
         run(["lvcreate", "-q", "-y", "-Wy", "-Zy", *dev, "-n", "root", "-l", "100%FREE", vg])
         root = f"/dev/mapper/{vg.replace('-', '--')}-root"
         run(["mkswap", "-q", "-L", "swap", f"/dev/mapper/{vg.replace('-', '--')}-swap"])
+        mnt.mkdir(exist_ok=True)
+        if home:   # /home: clean (unmounted before the copy), a tree of its own
+            home_lv = f"/dev/mapper/{vg.replace('-', '--')}-home"
+            run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "home", "-U", str(uuid.uuid5(UUID_NS, f"{seed}|home")),
+                 "-E", "lazy_itable_init=0,lazy_journal_init=0", home_lv])
+            run(["mount", "-t", "ext4", home_lv, str(mnt)])
+            try:
+                populate(mnt, seed + "-home")
+            finally:
+                run(["umount", str(mnt)])
         if root_fs == "xfs":
             run(["mkfs.xfs", "-q", "-f", "-L", "root", "-m", f"uuid={fs_uuid}", root])
         else:

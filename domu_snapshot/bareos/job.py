@@ -233,34 +233,43 @@ class PluginJob:
                     self.job(bareosfd.M_ERROR, f"guest {guest.name}: domain definition "
                                                f"{xml_path}: {exc.strerror}")
             for disk in result.disks:
-                if not disk.mounted:
-                    continue
-                root = disk.mount_path
-                self.roots[root] = "walking"
-                self.dev_ids.setdefault(root, len(self.dev_ids) + 1)
-
-                def say(level, text, _guest=guest.name):
-                    self.job(level, f"guest {_guest}: {text}")
-
-                walker = disk_entries(root, self.dev_ids[root], stats, say)
-                while True:
-                    try:
-                        entry = next(walker)
-                    except StopIteration as stop:
-                        self.incomplete.extend(stop.value or [])
-                        self.roots[root] = "complete"
-                        break
-                    except Exception as exc:  # e.g. the mount vanished: this guest only
-                        self.roots[root] = "failed"
-                        self.lose(guest.name)
-                        say(bareosfd.M_ERROR, f"reading {root} failed after {stats.entries} entries: {exc}")
-                        break
+                # one root per mounted filesystem: the disk's path, or (guest_filesystems = all)
+                # each of part<N>, lvm/<vg>/<lv> below it, each walked as a filesystem of its own
+                for root in disk.roots:
+                    yield from self.root_entries(guest, root, stats)
                     if self.canceled:
                         return
-                    yield entry
+                if disk.roots and disk.roots != [disk.mount_path] \
+                        and all(self.roots.get(root) == "complete" for root in disk.roots):
+                    self.roots[disk.mount_path] = "complete"  # what is below it and not walked is gone
             finished = True
         finally:
             self.finish_guest(guest, result, stats, finished)
+
+    def root_entries(self, guest, root, stats):
+        """The entries of one mounted filesystem of a guest; marks the root complete or failed."""
+        self.roots[root] = "walking"
+        self.dev_ids.setdefault(root, len(self.dev_ids) + 1)
+
+        def say(level, text):
+            self.job(level, f"guest {guest.name}: {text}")
+
+        walker = disk_entries(root, self.dev_ids[root], stats, say)
+        while True:
+            try:
+                entry = next(walker)
+            except StopIteration as stop:
+                self.incomplete.extend(stop.value or [])
+                self.roots[root] = "complete"
+                return
+            except Exception as exc:  # e.g. the mount vanished: this guest only
+                self.roots[root] = "failed"
+                self.lose(guest.name)
+                say(bareosfd.M_ERROR, f"reading {root} failed after {stats.entries} entries: {exc}")
+                return
+            if self.canceled:
+                return
+            yield entry
 
     def finish_guest(self, guest, result, stats, finished):
         teardown = self.teardown(guest)
@@ -268,8 +277,8 @@ class PluginJob:
             return
         if teardown is not None and not teardown.ok:
             self.lose(guest.name)
-            for disk in guest.disks:
-                self.roots[disk.mount_path] = "failed"
+            for root in [d.mount_path for d in guest.disks] + [r for d in result.disks for r in d.roots]:
+                self.roots[root] = "failed"
             self.job(bareosfd.M_ERROR, f"guest {guest.name}: backup NOT valid: {teardown.error}")
         if stats.unreadable or stats.read_errors:
             self.lose(guest.name)   # some of its files were not saved, or saved without data

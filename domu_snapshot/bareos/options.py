@@ -9,7 +9,7 @@ from ..errors import DomuError
 
 # Options passed to the core as configuration overrides (the CLI's), and the plugin's own.
 CORE_OPTIONS = ("prefix", "vg", "include", "exclude", "snapshot_size", "chunk_size", "partition",
-                "mount_root", "quiesce", "libvirt_uri", "allow_empty", "lock_timeout")
+                "mount_root", "quiesce", "libvirt_uri", "allow_empty", "lock_timeout", "guest_filesystems")
 PLUGIN_OPTIONS = ("config", "prepare")
 FILE_OPTIONS = ("defaults_file", "overrides_file")
 # Consumed by the C side; tolerated in case a file daemon passes them on.

@@ -202,7 +202,7 @@ class HostModel(System):
         self._enter("unmount", target)
         self.mounted = [(t, s) for t, s in self.mounted if t != target]
 
-    def bring_up_guest_vg(self, guest, disk, snapshot, pv, result, cfg, members=()):
+    def bring_up_guest_vg(self, guest, disk, snapshot, pv, result, cfg, members=(), every=False):
         raise AssertionError("the model has no LVM inside guests (tests/vm/test_guest_lvm.py has)")
 
     def deactivate_guest_vg(self, loop_name, retries):

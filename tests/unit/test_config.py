@@ -83,6 +83,7 @@ def test_command_line_overrides_file(tmp_path):
     ("[guest g]\nchunk_size = 7\n", r"\[guest g\]: bad value for chunk_size"),
     ("[guest g]\npartition = -1\n", r"\[guest g\]: partition must be"),
     ("[domu-snapshot]\nallow_empty = maybe\n", "bad value for allow_empty"),
+    ("[guest g]\nguest_filesystems = every\n", r"\[guest g\]: guest_filesystems must be one of first, all"),
 ])
 def test_bad_configuration_is_a_clear_error(tmp_path, text, message):
     with pytest.raises(DomuError, match=message):

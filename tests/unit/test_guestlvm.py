@@ -2,9 +2,11 @@
 from a file laid out as LVM writes it, names we give guest VGs, which LV is tried, refusals,
 `lvs --devices` JSON reports, the configuration keys."""
 
+import dataclasses
 import json
 import re
 import struct
+import subprocess
 
 import pytest
 
@@ -286,3 +288,37 @@ def test_guest_lvm_keys_are_checked_and_can_be_set_per_guest(tmp_path):
         path.write_text(f"[domu-snapshot]\n{bad}\n")
         with pytest.raises(DomuError, match=bad.split()[0]):
             config.load_config(str(path))
+
+
+def test_an_lv_with_a_crafted_name_is_never_tried():
+    """A guest's metadata is untrusted: its LV names become paths (guest_filesystems = all)."""
+    vg = guestlvm.GuestVG("vg", 1, [guestlvm.GuestLV(name, True, ("striped",))
+                                    for name in ("..", ".", "../../etc", "a/b", "home", "-x", "ok.1")])
+    assert guestlvm.candidates(vg) == ["home", "ok.1"]
+    assert guestlvm.refusal(guestlvm.GuestVG("..", 1, vg.lvs), "disk")[0].endswith("is not an LVM name")
+
+
+def test_where_a_linear_lv_starts_is_known_from_the_metadata_alone(tmp_path):
+    """`list` reads an LV's superblock without activating it: pe_start + its first extent."""
+    disk = tmp_path / "disk.img"
+    write_pv(disk, METADATA)
+    vg = guestlvm.read_metadata(disk)
+    assert vg.extent_size == 2048
+    assert vg.lv_offset("swap_1") == 2048 * 512
+    assert vg.lv_offset("ubuntu-lv") == (2048 + 8 * 2048) * 512
+    assert vg.lv_offset("nosuch") is None
+    other = dataclasses.replace(vg, this_pv="someotherpv")   # read from another PV: not on this one
+    assert other.lv_offset("ubuntu-lv") is None
+    thin = guestlvm.parse_vg(METADATA.replace('type = "striped"\nstripe_count = 1\t# linear\n\nstripes = [\n"pv0", 8',
+                                              'type = "thin"\nthin_pool = "pool"\ndevice_id = 1\nx = [\n"pv0", 8'))
+    thin.this_pv = vg.this_pv
+    assert thin.lv_offset("ubuntu-lv") is None
+
+
+def test_host_lvm_scanning_lvs_is_read_from_lvmconfig_itself():
+    """This host's lvm.conf leaves devices/scan_lvs unset: LVM's default (0) is what counts (the
+    VM test bed's LVM 2.03.16 fails `lvmconfig --typeconfig full`, so it is not asked)."""
+    set_here = subprocess.run(["lvmconfig", "--typeconfig", "current", "devices/scan_lvs"], capture_output=True,
+                              text=True)
+    expected = set_here.stdout.split("=")[1].strip() != "0" if set_here.returncode == 0 else False
+    assert guestlvm.host_scans_lvs() is expected

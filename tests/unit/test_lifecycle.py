@@ -278,3 +278,80 @@ def test_a_mount_that_is_not_ours_is_never_unmounted(host, cfg):
     assert host.mounted == [foreign]
     assert any("not ours, not touched" in note for note in result.notes)
     assert ("unmount", foreign[0]) not in host.calls
+
+
+# ------------------------------------------------------------------ guest_filesystems = all
+
+def tree_under(root):
+    """Every path below `root` (directories too), relative; [] when it is gone."""
+    found = []
+    for top, dirs, files in os.walk(root):
+        found += [os.path.relpath(os.path.join(top, name), root) for name in dirs + files]
+    return sorted(found)
+
+
+def test_every_filesystem_of_a_disk_is_mounted_at_its_own_path_and_torn_down(host, cfg):
+    cfg.guest_filesystems = "all"
+    host.add_guest_lv("domu-multi", parts=(("linux-swap(v1)", 2048, 4096), ("ext4", 6144, 8192),
+                                           ("ext3", 14336, 8192)))
+    runner, guests, [result] = prepared(host, cfg)
+    assert result.status == Status.OK, result.error
+    disk_path = os.path.join(cfg.mount_root, "vg0", "domu-multi")
+    [disk] = result.disks
+    assert disk.roots == [os.path.join(disk_path, "part2"), os.path.join(disk_path, "part3")]
+    assert [target for target, _source in host.mounted] == disk.roots
+    assert len({source for _target, source in host.mounted}) == 2  # a loop device each
+    assert disk.left_out == ["partition 1 (linux-swap(v1))"]
+    assert "part3: partition 3 (msdos), ext3" in disk.describe()
+    assert [subject for call, subject in changes(host) if call == "replay"] == ["/dev/vg0/domu-multi-dsnap"] * 2
+    [down] = runner.teardown(guests)
+    assert down.ok, down.error
+    assert host.leftovers() == NOTHING_LEFT
+    assert tree_under(cfg.mount_root) == []
+
+
+def test_every_filesystem_a_failure_on_the_second_takes_the_first_down_too(host, cfg):
+    cfg.guest_filesystems = "all"
+    host.add_guest_lv("domu-multi", parts=(("ext4", 2048, 8192), ("ext4", 10240, 8192)))
+    runner = runner_on(host, cfg)
+    [guest] = runner.discover()
+    calls = []
+    real_mount = host.mount
+
+    def second_fails(kind, device, target, fstype):
+        calls.append(target)
+        if len(calls) == 2:
+            raise CommandError(["mount", device, target], 32, "", "wrong fs type, bad superblock")
+        real_mount(kind, device, target, fstype)
+    host.mount = second_fails
+    result = runner.prepare(guest)
+    assert result.status == Status.FAILED and result.error.step == "mount"
+    assert "wrong fs type" in str(result.error)
+    assert calls[0].endswith("/part1") and calls[1].endswith("/part2")
+    assert host.leftovers() == NOTHING_LEFT
+    assert tree_under(cfg.mount_root) == []
+
+
+def test_every_filesystem_of_a_crashed_run_is_cleaned_up_from_the_system(host, cfg):
+    cfg.guest_filesystems = "all"
+    host.add_guest_lv("domu-multi", parts=(("ext4", 2048, 8192), ("ext4", 10240, 8192)))
+    _runner, _guests, [result] = prepared(host, cfg)
+    assert result.ok and len(host.mounted) == 2
+    os.makedirs(os.path.join(cfg.mount_root, "vg0", "domu-multi", "lvm", "vg", "root"))  # a crash before its mount
+    results = runner_on(host, Config(mount_root=cfg.mount_root, vgs=["vg0"], host="plain")).reap()
+    assert [r.ok for r in results] == [True]
+    assert host.leftovers() == NOTHING_LEFT
+    assert tree_under(cfg.mount_root) == []
+
+
+def test_every_filesystem_cleanup_never_empties_a_directory_of_a_mount_not_ours(host, cfg):
+    cfg.guest_filesystems = "all"
+    host.add_guest_lv("domu-multi", parts=(("ext4", 2048, 8192),))
+    runner, guests, [result] = prepared(host, cfg)
+    foreign = os.path.join(cfg.mount_root, "vg0", "domu-multi", "lvm")
+    os.makedirs(os.path.join(foreign, "empty-dir"))
+    host.mounted.append((foreign, "/dev/sdz1"))  # someone's own mount below the guest's path
+    [down] = runner.teardown(guests)
+    assert os.path.isdir(os.path.join(foreign, "empty-dir"))
+    assert host.mounted == [(foreign, "/dev/sdz1")]
+    assert any("not ours, not touched" in note for note in down.notes)

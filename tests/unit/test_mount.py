@@ -85,3 +85,23 @@ def test_only_empty_directories_are_removed_and_never_the_root_or_above(tmp_path
     (tmp_path / "outside").mkdir()
     mount.remove_empty_dirs(str(tmp_path / "outside"), str(root))
     assert (tmp_path / "outside").is_dir() and root.is_dir()
+
+
+def test_every_path_is_below_the_disk_path():
+    assert mount.every_path("/m/vg0/domu-a", 5) == "/m/vg0/domu-a/part5"
+    assert mount.every_path("/m/vg0/domu-a", 0) == "/m/vg0/domu-a/whole"
+    assert mount.every_path("/m/vg0/domu-a", guest_vg="debian-vg", lv="home") == "/m/vg0/domu-a/lvm/debian-vg/home"
+
+
+def test_empty_directories_below_a_disk_path_go_and_nothing_else(tmp_path):
+    disk = tmp_path / "domu-a"
+    (disk / "part1").mkdir(parents=True)
+    (disk / "lvm" / "vg" / "root").mkdir(parents=True)
+    (disk / "lvm" / "vg" / "home").mkdir(parents=True)
+    (disk / "lvm" / "vg" / "home" / "file").write_text("x")   # not empty: stays
+    (disk / "busy").mkdir()
+    (disk / "busy" / "empty").mkdir()                          # below a mount that is not ours
+    (disk / "link").symlink_to(tmp_path)
+    mount.remove_empty_tree(str(disk), skip={str(disk / "busy")})
+    left = sorted(str(p.relative_to(disk)) for p in disk.rglob("*"))
+    assert left == ["busy", "busy/empty", "link", "lvm", "lvm/vg", "lvm/vg/home", "lvm/vg/home/file"]

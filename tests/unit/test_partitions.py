@@ -223,3 +223,15 @@ def test_a_read_error_is_reported_as_the_device_s_not_the_table_s():
         partitions.choose(probed)
     assert failed.value.message == probed["error"] and "dmesg" in failed.value.hint
     assert not partitions.only_swap(probed)
+
+
+def test_every_filesystem_of_a_disk_and_what_is_left_out(old_xen_disk, gpt_disk):
+    """guest_filesystems = all: each partition of `filesystems`, by number, and the rest named."""
+    probed = partitions.probe_isolated(str(gpt_disk))
+    assert [(c.number, c.fs, c.offset) for c in partitions.choose(probed, "every")] == [(3, "ext4", 10 * MiB)]
+    assert partitions.left_out(probed, ["ext4"]) == ["partition 1 (no recognised filesystem)",
+                                                      "partition 2 (linux-swap(v1))"]
+    assert partitions.left_out(probed, ["ext4"], also={1}) == ["partition 2 (linux-swap(v1))"]
+    probed = partitions.probe_isolated(str(old_xen_disk))
+    assert [c.number for c in partitions.choose(probed, "every", ["ext4", "ext3"])] == [1]
+    assert partitions.choose(probed, "every", ["xfs"]) == []

@@ -237,7 +237,7 @@ def test_a_guest_lv_is_taken_for_its_filesystem_only_when_that_is_selected(tmp_p
     with open(ext_lv, "wb") as handle:
         handle.truncate(8 * MiB)
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", str(ext_lv)], check=True)
-    assert guestlvm._superblock(xfs_lv, ("ext4", "ext3", "xfs")).fs == "xfs"
-    assert guestlvm._superblock(xfs_lv, ("ext4", "ext3")) is None
-    assert guestlvm._superblock(str(ext_lv), ("ext4", "ext3", "xfs")).fs == "ext4"
-    assert guestlvm._superblock(str(ext_lv), ("xfs",)) is None
+    assert guestlvm.lv_superblock(xfs_lv, ("ext4", "ext3", "xfs")).fs == "xfs"
+    assert guestlvm.lv_superblock(xfs_lv, ("ext4", "ext3")) is None
+    assert guestlvm.lv_superblock(str(ext_lv), ("ext4", "ext3", "xfs")).fs == "ext4"
+    assert guestlvm.lv_superblock(str(ext_lv), ("xfs",)) is None

@@ -245,3 +245,79 @@ def test_a_guest_vg_spanning_two_disks_of_one_domain_is_brought_up_from_both(tmp
     assert unmounted.returncode == 0, unmounted.stdout + unmounted.stderr
     assert findmnt(target) is None and inner_dm_devices() == [] and host_vgs() == clean_lvm
     assert first.unchanged() and second.unchanged()
+
+
+def test_every_filesystem_of_a_debian_like_guest_in_list_mount_plugin_and_cleanup(tmp_path, lvm_guests, clean_lvm):
+    """guest_filesystems = all: /boot (partition 1), the guest VG's root and home LVs, each at its
+    own path below the guest's and with its own journal replay; swap left out and named. The
+    plugin saves (and restores) the same files that helpers mode's FileSet (One FS = no over the
+    mount root) finds below the guest's path; unmount and a crash's cleanup leave nothing."""
+    from tests.fd_harness import FileDaemon, example_fileset_options, example_plugin_definition, PLUGIN_DIR
+
+    g = lvm_guests[DEB]
+    conf = write_config(tmp_path, f"[guest {DEB}]\nguest_filesystems = all\n")
+    base = os.path.join(MOUNT_ROOT, VG, DEB)
+    paths = {"part1": guestdisks.expected_tree(f"{g.seed}-boot"), f"lvm/{VG}/root": g.tree,
+             f"lvm/{VG}/home": guestdisks.expected_tree(f"{g.seed}-home")}
+
+    listed = cli("--config", conf, "list", "--json")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["lv"] == DEB)
+    assert row["partition"] == "all" and row["problem"] is None, row
+    shown = [(os.path.relpath(f["path"], base), f["fs"]) for f in row["filesystems"]]
+    assert shown == [("part1", "ext4"), (f"lvm/{VG}/root", "ext4"), (f"lvm/{VG}/home", "ext4")], shown
+    assert row["not_mounted"] == [f"LV {VG}/swap (no ext4/ext3 filesystem)"], row
+    shown_text = cli("--config", conf, "list").stdout
+    assert f"mounts: part1 ext4, lvm/{VG}/root ext4, lvm/{VG}/home ext4; not mounted: LV {VG}/swap" in shown_text, \
+        shown_text
+
+    proc = cli("--config", conf, "mount", DEB)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    note(f"{DEB} mount (all): {proc.stdout.strip()} | {proc.stderr.strip()}")
+    assert f"not mounted: LV {VG}/swap" in proc.stdout
+    assert f"lvm/{VG}/home: LV {VG}/home, ext4, clean" in proc.stdout and f"guest VG {VG} (as domusnap_" in proc.stdout
+    assert findmnt(base) is None  # the guest's path is a directory; its filesystems are below it
+    sources = set()
+    for sub, tree in paths.items():
+        target = os.path.join(base, sub)
+        info = findmnt(target)
+        assert info is not None and info["fstype"] == "ext4", (sub, info)
+        assert set("ro,nosuid,nodev,noexec".split(",")) <= set(info["options"].split(","))
+        assert guestdisks.compare_tree(target, tree) == [], sub
+        sources.add(info["source"])
+    assert len(sources) == 3
+    assert findmnt(os.path.join(base, "part1"))["source"].startswith("/dev/loop")
+    assert "journal replayed" in proc.stdout  # the root LV's, on the snapshot
+    during = host_vgs()
+    assert len(set(during)) == len(during), f"two VGs of one name: {during}"
+    # what helpers mode's FileSet reads (One FS = no): every entry below the guest's path
+    helpers_tree = set()
+    for top, dirs, files in os.walk(base):
+        helpers_tree |= {os.path.join(top, n) for n in dirs + files}
+    proc = cli("unmount", DEB)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert mount_root_entries() == [] and inner_dm_devices() == []
+    assert host_vgs() == clean_lvm
+
+    plugin = FileDaemon(example_plugin_definition(
+        module_path=str(PLUGIN_DIR), mount_root=MOUNT_ROOT, vg=VG, prefix="domu-", include=DEB, quiesce="none",
+        guest_filesystems="all", config=conf), **example_fileset_options())
+    result = plugin.backup()
+    assert result.status == "T", result.job.messages
+    saved = {r.fname.rstrip("/") for r in result.records}
+    assert saved == {p for p in helpers_tree if any(p == os.path.join(base, s) or p.startswith(os.path.join(base, s) + "/")
+                                                     for s in paths)}
+    assert helpers_tree - saved == {os.path.join(base, "lvm"), os.path.join(base, "lvm", VG)}
+    assert mount_root_entries() == []
+    where = tmp_path / "restore"
+    job, _statuses = plugin.restore(result.records, str(where))
+    assert job.errors == [], job.messages
+    for sub, tree in paths.items():
+        assert guestdisks.compare_tree(f"{where}{base}/{sub}", tree) == [], sub
+
+    # a crash with everything mounted: cleanup finds it all from the system alone
+    proc = cli("--config", conf, "mount", DEB)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = cli("cleanup")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert mount_root_entries() == [] and inner_dm_devices() == []

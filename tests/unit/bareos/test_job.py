@@ -409,3 +409,32 @@ def test_incremental_summary_counts_what_was_read(monkeypatch, guests):
     assert incremental.status == "T", incremental.job.messages
     a_line, b_line = info_lines(incremental)
     assert "1 files read (19 B)" in a_line and "0 files read (0 B)" in b_line
+
+
+def test_every_filesystem_of_a_guest_is_walked_and_accurate_knows_each(monkeypatch, tmp_path):
+    """guest_filesystems = all: a disk's filesystems at part1 and lvm/vg/home below its path are
+    each saved; a file deleted in one is marked deleted; when the guest fails, nothing is."""
+    disk = tmp_path / "mnt" / "vg0" / "domu-all"
+    build_guest(disk / "part1", 3)
+    build_guest(disk / "lvm" / "vg" / "home", 4)
+    guest = FakeGuest("domu-all", [disk], filesystems=("part1", "lvm/vg/home"))
+    fd_harness.install_dir_runner(monkeypatch, [guest])
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
+    full = fd.backup()
+    assert full.status == "T", full.job.messages
+    names = {r.fname for r in full.records}
+    assert f"{disk}/part1/etc/hostname" in names and f"{disk}/lvm/vg/home/home/user/data.bin" in names
+    catalog = Catalog().add(full)
+    os.unlink(disk / "lvm" / "vg" / "home" / "etc" / "shadow")
+    os.utime(disk / "lvm" / "vg" / "home" / "etc", (1_600_000_099, 1_600_000_099))
+    incremental = fd.backup(level="I", accurate=True, catalog=catalog)
+    assert incremental.status == "T", incremental.job.messages
+    assert incremental.deleted == [f"{disk}/lvm/vg/home/etc/shadow"]
+    # a file of the disk that lies in none of its filesystems' roots (an earlier layout) is gone too
+    from domu_snapshot.bareos.job import PluginJob
+    state = PluginJob()
+    state.roots = {str(disk): "complete", f"{disk}/part1": "complete"}
+    assert state.check_file(f"{disk}/part2/etc/hostname") == bareosfd.bRC_OK
+    state.roots = {str(disk): "failed", f"{disk}/part1": "failed"}  # as finish_guest leaves a lost guest
+    assert state.check_file(f"{disk}/part1/etc/hostname") == bareosfd.bRC_Seen
+    assert state.check_file(f"{disk}/lvm/vg/home/etc/hostname") == bareosfd.bRC_Seen

@@ -16,19 +16,20 @@ def test_options_mirror_the_cli(monkeypatch, tmp_path):
     options = plugin.parse_options(
         "prefix=web-:vg=vg0,vg1:include=web-*,db-?:exclude=*-tmp:snapshot_size=20%ORIGIN:"
         "chunk_size=64k:partition=2:mount_root=/srv/m:config=/etc/x.conf:prepare=all:"
-        "quiesce=none:libvirt_uri=qemu\\:///system:")
+        "quiesce=none:libvirt_uri=qemu\\:///system:guest_filesystems=all:")
     assert options["libvirt_uri"] == "qemu:///system"
     assert options["prepare"] == "all" and options["config"] == "/etc/x.conf"
     overrides = plugin.config_overrides(options)
     assert overrides == {"prefix": "web-", "vg": "vg0,vg1", "include": "web-*,db-?",
                          "exclude": "*-tmp", "snapshot_size": "20%ORIGIN", "chunk_size": "64k",
                          "partition": "2", "mount_root": "/srv/m", "quiesce": "none",
-                         "libvirt_uri": "qemu:///system"}
+                         "libvirt_uri": "qemu:///system", "guest_filesystems": "all"}
     # the core accepts them as its overrides
     monkeypatch.setenv("DOMU_SNAPSHOT_CONFIG", str(tmp_path / "none.conf"))
     cfg = load_config(None, overrides=overrides)
     assert cfg.vgs == ["vg0", "vg1"] and cfg.include == ["web-*", "db-?"]
     assert (cfg.mount_root, cfg.partition, cfg.quiesce) == ("/srv/m", "2", "none")
+    assert cfg.guest_filesystems == "all"
 
 
 def test_options_tolerate_c_side_keys_and_empty_text():
