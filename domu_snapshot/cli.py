@@ -534,7 +534,7 @@ def cmd_list(runner, args, out):
 
 
 def _every_text(row):
-    """guest_filesystems = all in `list`: "part1 ext4, lvm/vg/root (an LV), ...; not: partition 2 (...)"."""
+    """guest_filesystems = all in `list`: "part1 ext4, lvm/vg/root ext4, ...; not mounted: partition 2 (...)"."""
     shown = ", ".join(os.path.relpath(f["path"], row["mount_path"]) + (" (an LV)" if f["fs"] == "lv" else f" {f['fs']}")
                       for f in row["filesystems"])
     left = f"; not mounted: {', '.join(row['not_mounted'])}" if row.get("not_mounted") else ""

@@ -316,8 +316,9 @@ def test_where_a_linear_lv_starts_is_known_from_the_metadata_alone(tmp_path):
 
 
 def test_host_lvm_scanning_lvs_is_read_from_lvmconfig_itself():
-    """This host's lvm.conf leaves devices/scan_lvs unset: LVM's default (0) is what counts (the
-    VM test bed's LVM 2.03.16 fails `lvmconfig --typeconfig full`, so it is not asked)."""
+    """What the host's own lvmconfig says devices/scan_lvs is, as set or by LVM's default. (Here
+    `--typeconfig full` works too; the VM test bed's LVM 2.03.16, where it fails, is
+    test_guest_lvm.py's test_check_reads_whether_the_host_scans_lvs_on_this_lvm.)"""
     set_here = subprocess.run(["lvmconfig", "--typeconfig", "current", "devices/scan_lvs"], capture_output=True,
                               text=True)
     expected = set_here.stdout.split("=")[1].strip() != "0" if set_here.returncode == 0 else False

@@ -120,6 +120,17 @@ def test_debian_like_guest_mounts_its_root_lv_and_the_host_vgs_stay_as_they_were
     assert host_vgs() == clean_lvm
 
 
+def test_check_reads_whether_the_host_scans_lvs_on_this_lvm():
+    """The test bed's LVM (2.03.16) fails `lvmconfig --typeconfig full` ("Cannot clone NULL config
+    node"), which made the `check` warning silent: the setting is read as it is set, or defaults."""
+    from domu_snapshot import guestlvm
+
+    full = subprocess.run(["lvmconfig", "--typeconfig", "full", "devices/scan_lvs"], capture_output=True, text=True)
+    note(f"lvmconfig --typeconfig full devices/scan_lvs: rc {full.returncode}, {full.stdout.strip()} "
+         f"{full.stderr.strip()}")
+    assert guestlvm.host_scans_lvs() is False
+
+
 def test_two_ubuntu_guests_with_the_same_vg_and_uuids_are_mounted_at_once_by_default(lvm_guests, clean_lvm):
     proc = cli("mount", UBU1, UBU2)
     assert proc.returncode == 0, proc.stdout + proc.stderr
