@@ -141,9 +141,11 @@ def _disk_record(disk_result):
             "loop_device": disk_result.loop or None, "journal": disk_result.journal or None,
             "snapshot_peak_use_percent": disk_result.peak_percent, "note": disk_result.note or None,
             "guest_lv": disk_result.inner or None,
-            # guest_filesystems = all: each filesystem at its own path below mount_path
+            # guest_filesystems = all (fstab): each filesystem at its own path below mount_path (where
+            # the guest's fstab mounts it: mount_point)
             "filesystems": [{"mount_path": m.path, "what": m.what, "device": m.device or None,
-                             "journal": m.journal or None} for m in disk_result.filesystems],
+                             "journal": m.journal or None, "mount_point": m.mount_point or None}
+                            for m in disk_result.filesystems],
             "not_mounted": disk_result.left_out}
 
 
@@ -479,11 +481,13 @@ def cmd_list(runner, args, out):
                    "offset": None, "mount_path": disk.mount_path,
                    "mounted": any(t == disk.mount_path or t.startswith(disk.mount_path + os.sep) for t in mounted),
                    "problem": None}
-            if disk.origin.active and runner.cfg.for_disk(guest, disk, "guest_filesystems") == "all":
+            layout = runner.cfg.for_disk(guest, disk, "guest_filesystems")
+            if disk.origin.active and layout in ("all", "fstab"):
                 try:
                     every, left_out, problem, guest_vg = _plan_every(disk, runner.cfg.filesystems,
                                                                      runner.cfg.for_disk(guest, disk, "guest_lvm"))
-                    row.update(partition="all", filesystems=every, not_mounted=left_out, problem=problem)
+                    # fstab: where each goes is read from the guest's /etc/fstab when it is mounted
+                    row.update(partition=layout, filesystems=every, not_mounted=left_out, problem=problem)
                     if guest_vg is not None and guest_vg.pv_count > 1:
                         guest_vgs.append((row, guest_vg, "auto"))
                 except (ProbeError, CommandError) as exc:

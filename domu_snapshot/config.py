@@ -27,7 +27,7 @@ HOST_KINDS = ("auto", "plain", "libvirt", "proxmox", "xl")
 GUEST_KEYS = ("partition", "snapshot_size", "chunk_size", "quiesce", "before_snapshot_hook",
               "after_snapshot_hook", "before_hook_failure", "guest_lvm", "guest_lv", "guest_filesystems")
 GUEST_LVM_MODES = ("auto", "yes", "no")
-GUEST_FILESYSTEMS = ("first", "all")
+GUEST_FILESYSTEMS = ("first", "all", "fstab")
 
 
 @dataclasses.dataclass
@@ -49,7 +49,8 @@ class Config:
     guest_lv: str = "auto"
     # "first": the one filesystem above at the disk's path (the design card's behaviour); "all":
     # every filesystem of `filesystems` on the disk (partitions and the guest VG's LVs), each at
-    # its own path below the disk's: part<N>, lvm/<guest vg>/<lv> (lifecycle.every_path).
+    # its own path below the disk's: part<N>, lvm/<guest vg>/<lv> (mount.every_path); "fstab": those
+    # filesystems where the guest's own /etc/fstab mounts them, its root at the disk's path.
     guest_filesystems: str = "first"
     mount_root: str = "/var/lib/domu-snapshot/mnt"
     lock_file: str = "/run/domu-snapshot/lock"  # in a root-only directory (lock.py)

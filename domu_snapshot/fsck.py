@@ -38,6 +38,7 @@ class Superblock:
     journal_inum: int = 0  # s_journal_inum: the internal journal's inode
     is_journal_device: bool = False  # INCOMPAT_JOURNAL_DEV: this IS an external journal
     uuid: str = ""  # s_uuid
+    label: str = ""  # s_volume_name (what fstab's LABEL= names)
 
     @property
     def external_journal(self):
@@ -117,7 +118,13 @@ def read_superblock(device, offset=0):
         journal_inum=journal_inum,
         is_journal_device=bool(incompat & _INCOMPAT_JOURNAL_DEV),
         uuid=str(uuid.UUID(bytes=raw[0x68:0x78])) if any(raw[0x68:0x78]) else "",
+        label=volume_label(raw[0x78:0x88]),
     )
+
+
+def volume_label(raw):
+    """A superblock's label field: up to the first NUL, undecodable bytes kept (surrogateescape)."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
 def replay(loop_device):

@@ -493,7 +493,7 @@ def bring_up(guest, disk, snapshot, choice, result, cfg, members=(), every=False
     inner = inner_vg_name(disk.vg, disk.lv)
     spans = f" (PVs on {disk.key}, {', '.join(member.key for member, _path, _pv in members)})" if members else ""
     for lv_name in names:
-        device = seen["lvs"].get(lv_name) or "/dev/mapper/" + _dm_name(inner, lv_name)
+        device = seen["lvs"].get(lv_name) or "/dev/mapper/" + dm_name(inner, lv_name)
         superblock = lv_superblock(device, cfg.filesystems)
         if superblock is None:
             if every:
@@ -508,8 +508,9 @@ def bring_up(guest, disk, snapshot, choice, result, cfg, members=(), every=False
             return result
         path = mount.every_path(disk.mount_path, guest_vg=guest_vg.name, lv=lv_name)
         journal = _replay_and_mount(name, device, superblock, lv_where, path, cfg)
-        result.filesystems.append(mount.Mounted(path, f"LV {guest_vg.name}/{lv_name}, {superblock.fs}", journal,
-                                                device))
+        result.filesystems.append(mount.Mounted(
+            path, f"LV {guest_vg.name}/{lv_name}, {superblock.fs}", journal, device, superblock.fs,
+            superblock.uuid, superblock.label, (guest_vg.name, lv_name)))
         result.inner = f"guest VG {guest_vg.name} (as {inner}){spans}"
     if every:
         return result
@@ -604,7 +605,8 @@ def lv_superblock(device, wanted, offset=0):
     return found if found is not None and found.fs in wanted else None
 
 
-def _dm_name(vg, lv):
+def dm_name(vg, lv):
+    """The device-mapper name of `lv` in `vg` (/dev/mapper/<it>): each name's hyphens doubled."""
     return vg.replace("-", "--") + "-" + lv.replace("-", "--")
 
 

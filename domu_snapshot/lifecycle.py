@@ -12,8 +12,8 @@ import os
 import time
 from typing import Callable, List, Optional
 
-from . import (commands, filesystems, fsck, guestlvm, hooks, loop, lvm, mount, ownership, partitions, proxmox,
-               quiesce, xfs, xl)
+from . import (commands, filesystems, fsck, guestfstab, guestlvm, hooks, loop, lvm, mount, ownership, partitions,
+               proxmox, quiesce, xfs, xl)
 from .commands import CommandError
 from .errors import DomuError, GuestError, ProbeError
 from .lock import RunLock
@@ -96,8 +96,8 @@ class DiskResult:
         if self.note:
             return f"{self.disk.key}: {self.note}"
         if self.filesystems:
-            shown = "; ".join(f"{os.path.relpath(m.path, self.mount_path)}: {m.what}, {m.journal or 'clean'}"
-                              for m in self.filesystems)
+            shown = "; ".join(f"{m.mount_point or os.path.relpath(m.path, self.mount_path)}: {m.what}, "
+                              f"{m.journal or 'clean'}" for m in self.filesystems)
             left = f"; not mounted: {', '.join(self.left_out)}" if self.left_out else ""
             inner = f"; {self.inner}" if self.inner else ""  # the guest VG, once
             return f"{self.disk.key}: {shown}{inner}{left}"
@@ -684,18 +684,29 @@ class Runner:
         """Dry-run: each disk's steps, printed by the very calls that run them (commands.run
         prints instead of running), with placeholders for what only the snapshot would tell."""
         for disk in guest.disks:
+            layout = self.cfg.for_disk(guest, disk, "guest_filesystems")
+            target = disk.mount_path
+            if layout != "first":
+                commands.say(f"{disk.key} (guest_filesystems = {layout}): for each partition N that holds one of "
+                             f"{', '.join(self.cfg.filesystems)}, and for each LV of a guest VG in it (at "
+                             f"{mount.every_path(target, guest_vg='<guest VG>', lv='<LV>')}):")
+                target = mount.every_path(target, "<N>")
             device = loop.attach(disk.snapshot_path, "<offset>", "<size>")
             fsck.plan(device)
-            mount.mount(device, disk.mount_path, "<ext3|ext4>")
+            mount.mount(device, target, "<ext3|ext4>")
             if "xfs" in self.cfg.filesystems:
                 commands.say("for xfs instead of e2fsck and that mount:")
-                xfs.replay(device, disk.mount_path)
-                xfs.mount_read_only(device, disk.mount_path)
+                xfs.replay(device, target)
+                xfs.mount_read_only(device, target)
+            if layout == "fstab":
+                commands.say(f"then, when one of them holds etc/fstab naming itself as /: each is unmounted "
+                             f"and mounted again where that fstab mounts it, / at {disk.mount_path}")
 
     def _mount_disk(self, guest, disk, more_disks=False):
         result = DiskResult(disk)
         snapshot = disk.snapshot_path
-        every = self.cfg.for_disk(guest, disk, "guest_filesystems") == "all"
+        layout = self.cfg.for_disk(guest, disk, "guest_filesystems")
+        every = layout in ("all", "fstab")
         if disk.key in self._vg_with and not every:
             result.note = f"holds a PV of the guest VG brought up with {self._vg_with[disk.key]}"
             return result
@@ -705,7 +716,10 @@ class Runner:
             raise GuestError(guest.name, "partition probe", f"{disk.key}: {exc.message}", exc.hint) from None
         mode = self.cfg.for_disk(guest, disk, "guest_lvm")
         if every:
-            return self._mount_every(guest, disk, probed, mode, result)
+            self._mount_every(guest, disk, probed, mode, result)
+            if layout == "fstab" and result.filesystems:
+                self._assemble_by_fstab(guest, disk, result)
+            return result
         partition = self.cfg.for_disk(guest, disk, "partition")
         pv = self.system.find_pv(probed, snapshot, partition) if mode != "no" else None
         if pv is not None and mode == "yes":
@@ -724,7 +738,7 @@ class Runner:
                                  f"backed up (set guest_lvm = yes for this guest to mount its root LV instead, "
                                  f"or guest_filesystems = all for every filesystem of it)")
         result.choice = choice
-        result.loop, result.journal = self._mount_partition(guest, disk, choice, disk.mount_path)
+        result.loop, result.journal, _superblock = self._mount_partition(guest, disk, choice, disk.mount_path)
         result.mounted = True
         return result
 
@@ -743,8 +757,9 @@ class Runner:
         result.left_out = partitions.left_out(probed, self.cfg.filesystems, also={pv.number} if pv else ())
         for choice in choices:
             path = mount.every_path(disk.mount_path, choice.number)
-            loop_name, journal = self._mount_partition(guest, disk, choice, path)
-            result.filesystems.append(mount.Mounted(path, choice.describe(), journal, loop_name))
+            loop_name, journal, superblock = self._mount_partition(guest, disk, choice, path)
+            result.filesystems.append(mount.Mounted(path, choice.describe(), journal, loop_name, superblock.fs,
+                                                    superblock.uuid, superblock.label, partition=choice.number))
         if pv is not None and brought_up_with is None:
             self._bring_up_guest_vg(guest, disk, pv, result, every=True)
         result.mounted = bool(result.filesystems)
@@ -762,8 +777,8 @@ class Runner:
 
     def _mount_partition(self, guest, disk, choice, path):
         """A loop device over `choice` of the disk's snapshot, its journal (log) replayed there and
-        it mounted read-only at `path`: (loop device, what the replay did). Raises GuestError; what
-        was made is found and torn down by teardown."""
+        it mounted read-only at `path`: (loop device, what the replay did, superblock). Raises
+        GuestError; what was made is found and torn down by teardown."""
         snapshot = disk.snapshot_path
         kind = filesystems.kind(choice.fs)
         if kind is None:
@@ -803,7 +818,92 @@ class Runner:
             self.system.mount(kind, loop_name, path, superblock.fs)
         except CommandError as exc:
             raise GuestError(guest.name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
-        return loop_name, journal
+        return loop_name, journal, superblock
+
+    def _assemble_by_fstab(self, guest, disk, result):
+        """guest_filesystems = fstab: the disk's filesystems, each mounted at a path of its own by
+        _mount_every, moved to where the guest's /etc/fstab mounts them: its root at the disk's
+        path, the others below it. A disk none of whose filesystems holds an fstab (a data disk)
+        keeps the paths of `all`. Raises GuestError; teardown finds what is mounted."""
+        placed = self._fstab_places(guest, disk, result)
+        if placed is None:
+            result.inner_note = (f"{disk.key}: none of its filesystems holds an /etc/fstab: each is at a path of "
+                                 f"its own, as with guest_filesystems = all")
+            return
+        for mounted in result.filesystems:
+            if not any(m is mounted for m, _point in placed):
+                result.left_out.append(f"{mounted.what} (not in the guest's /etc/fstab)")
+        for mounted in result.filesystems:
+            try:
+                self.system.unmount(mounted.path, self.cfg.busy_retries)
+            except CommandError as exc:
+                raise GuestError(guest.name, "fstab", exc.summary(),
+                                 f"something uses {mounted.path}; run domu-snapshot cleanup when it is free") from None
+        mount.remove_empty_tree(disk.mount_path)
+        if os.listdir(disk.mount_path):
+            raise GuestError(guest.name, "fstab", f"{disk.key}: {disk.mount_path} is not empty after its "
+                             f"filesystems were unmounted ({', '.join(sorted(os.listdir(disk.mount_path))[:5])})",
+                             "something not ours is there; remove it (or unmount it), then run again")
+        # Parents first: a mount point is checked in the tree its parent's filesystem shows.
+        for mounted, point in placed:
+            try:
+                target = guestfstab.target(disk.mount_path, point)
+            except ValueError as exc:
+                raise GuestError(guest.name, "fstab",
+                                 f"{disk.key}: the guest's /etc/fstab mounts {mounted.what} on {point!a}, but "
+                                 f"{exc}: it cannot be placed where the guest has it",
+                                 "set guest_filesystems = all for this guest, or fix the guest's fstab") from None
+            try:
+                self.system.mount(filesystems.kind(mounted.fs), mounted.device, target, mounted.fs)
+            except CommandError as exc:
+                raise GuestError(guest.name, "mount", exc.summary(), "see dmesg for the kernel's reason") from None
+            mounted.path, mounted.mount_point = target, point
+        result.filesystems = [m for m, _point in placed]
+
+    def _fstab_places(self, guest, disk, result):
+        """[(mount.Mounted, mount point)] as the guest's fstab places the disk's filesystems, its
+        root first and parents before children; None when none of them holds an fstab. Entries
+        naming no filesystem of this disk are noted in result.left_out."""
+        found = []
+        for mounted in result.filesystems:
+            try:
+                text = guestfstab.read(mounted.path)
+            except guestfstab.FstabError as exc:
+                raise GuestError(guest.name, "fstab", f"{disk.key}: {mounted.what}: {exc}",
+                                 "set guest_filesystems = all for this guest") from None
+            if text is not None:
+                found.append((mounted, guestfstab.parse(text)))
+        if not found:
+            return None
+        one_disk = len(guest.disks) == 1
+
+        def named(entry):
+            return guestfstab.resolve(entry.spec, result.filesystems, one_disk)
+        # The root is the filesystem whose fstab names itself as "/" (a /boot may hold a stray copy);
+        # a single fstab whose "/" is named in a way not read here (PARTUUID=) is the root's.
+        roots = [(m, entries) for m, entries in found if any(e.mount_point == "/" and named(e) is m for e in entries)]
+        if not roots and len(found) == 1:
+            roots = found
+        if len(roots) != 1:
+            raise GuestError(guest.name, "fstab",
+                             f"{disk.key}: {len(found)} of its filesystems hold an /etc/fstab, and {len(roots)} of "
+                             f"those name themselves as /: which one is the guest's root is not clear",
+                             "set guest_filesystems = all for this guest (each filesystem at a path of its own)")
+        root, entries = roots[0]
+        placed = [(root, "/")]
+        for entry in sorted(entries, key=lambda e: (len([p for p in e.mount_point.split("/") if p]), e.line)):
+            if entry.mount_point == "/":
+                continue
+            mounted = named(entry)
+            if mounted is None:
+                if guestfstab.looks_like_disk(entry.spec):
+                    result.left_out.append(f"fstab {entry.shown()}: not a filesystem of this disk mounted here")
+            elif any(m is mounted or point == entry.mount_point for m, point in placed):
+                result.left_out.append(f"fstab {entry.shown()}: an earlier line mounts that filesystem, or mounts "
+                                       f"one there")
+            else:
+                placed.append((mounted, entry.mount_point))
+        return placed
 
     def _bring_up_guest_vg(self, guest, disk, pv, result, every=False):
         """The guest VG on `disk`'s PV, with the PVs of the same VG on the guest's other disks;

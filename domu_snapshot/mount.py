@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+from typing import Optional
 
 from . import commands
 
@@ -12,12 +13,18 @@ MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
 
 @dataclasses.dataclass
 class Mounted:
-    """One filesystem of a guest disk at a path of its own (guest_filesystems = all)."""
+    """One filesystem of a guest disk at a path of its own (guest_filesystems = all or fstab)."""
 
     path: str
     what: str  # "partition 1 (msdos), ext4 at byte 1048576", "guest VG ... LV home, ext4"
     journal: str = ""  # what the replay did ("" when clean)
     device: str = ""  # the loop device or the guest LV's device-mapper device
+    fs: str = ""  # ext4, xfs, ...
+    uuid: str = ""  # the filesystem's, from its superblock (what fstab's UUID= names)
+    label: str = ""
+    guest_lv: tuple = ()  # (guest VG, LV) as the guest names them, for an LV of its VG
+    partition: Optional[int] = None  # its number in the disk's table, for a partition (0: no table)
+    mount_point: str = ""  # guest_filesystems = fstab: where the guest's fstab mounts it ("" if unlisted)
 
 
 def every_path(disk_path, number=None, guest_vg=None, lv=None):

@@ -12,7 +12,7 @@ import dataclasses
 import struct
 import uuid
 
-from . import commands, mount
+from . import commands, fsck, mount
 
 XFS_MAGIC = b"XFSB"
 SUPERBLOCK_BYTES = 512  # the fields read here lie in the first sector of the primary superblock
@@ -29,6 +29,7 @@ class Superblock:
     external_log: bool  # sb_logstart 0: the log is on another device
     realtime_blocks: int  # sb_rblocks: data on a realtime device, which is not in the snapshot
     fs: str = "xfs"
+    label: str = ""  # sb_fname (what fstab's LABEL= names)
 
 
 def parse_superblock(raw):
@@ -44,6 +45,7 @@ def parse_superblock(raw):
         uuid=str(uuid.UUID(bytes=raw[32:48])),
         external_log=log_start == 0,
         realtime_blocks=realtime_blocks,
+        label=fsck.volume_label(raw[108:120]),
     )
 
 

@@ -1166,7 +1166,8 @@ class FakeGuest:
     domain_xml: str = ""                # written next to the first disk's mount, like the core
     held_by: str = ""                   # "cli": held by `domu-snapshot mount` (the core leaves it alone)
     # guest_filesystems = all: the directories below each tree that are its "filesystems" (part1,
-    # lvm/vg/home), each walked as a root of its own, as the core reports them (DiskResult.filesystems)
+    # lvm/vg/home), each walked as a root of its own, as the core reports them (DiskResult.filesystems);
+    # fstab: "" (the tree itself, the guest's /) then "boot", "home" inside it
     filesystems: tuple = ()
 
 
@@ -1245,8 +1246,9 @@ class DirRunner:
             if fake.filesystems:
                 from domu_snapshot import mount
                 result.disks[-1].choice = None
-                result.disks[-1].filesystems = [mount.Mounted(os.path.join(disk.mount_path, sub), sub, "clean")
-                                                for sub in fake.filesystems]
+                result.disks[-1].filesystems = [
+                    mount.Mounted(os.path.normpath(os.path.join(disk.mount_path, sub)), sub or "/", "clean")
+                    for sub in fake.filesystems]
             self.mounted[disk.mount_path] = disk
         if fake.domain_xml:
             path = os.path.normpath(guest.disks[0].mount_path) + ".domain.xml"

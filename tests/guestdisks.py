@@ -236,13 +236,32 @@ def tree_spec() -> list[Entry]:
         Entry("links/hostname-abs", "symlink", target="/etc/hostname"),
         Entry("links/hostname-rel", "symlink", target="../etc/hostname"),
         Entry("links/dangling", "symlink", target="no/such/file"),
+        Entry("boot", D, 0o755),   # where the Debian-like guest's fstab mounts its /boot
     ]
 
 
 def content(seed: str, path: str, size: int) -> bytes:
     if size == 0:
         return b""
+    if path == "etc/fstab":
+        return guest_fstab(seed, size)
     return hashlib.shake_256(f"{seed}\0{path}".encode()).digest(size)
+
+
+def guest_fstab(seed: str, size: int) -> bytes:
+    """The /etc/fstab of a tree of `seed`, `size` bytes, as a Debian installer writes it for the
+    msdos-boot-lvm layout: / and /boot by UUID (the UUIDs build_disk_image gives them), /home by
+    label, swap by its LV, proc, and a data disk that is not part of the guest's disk."""
+    text = (f"# /etc/fstab: static file system information.\n"
+            f"# <file system> <mount point>   <type>  <options>       <dump>  <pass>\n"
+            f"UUID={uuid.uuid5(UUID_NS, f'{seed}|ext4')} /               ext4    errors=remount-ro 0       1\n"
+            f"UUID={uuid.uuid5(UUID_NS, f'{seed}|boot')} /boot           ext4    defaults        0       2\n"
+            f"LABEL=home      /home           ext4    defaults        0       2\n"
+            f"/dev/mapper/guest--vg-swap none            swap    sw              0       0\n"
+            f"proc            /proc           proc    defaults        0       0\n"
+            f"/dev/vdb1       /srv/data       ext4    defaults,nofail 0       2\n").encode()
+    assert len(text) < size, len(text)
+    return text + b"#" * (size - len(text) - 1) + b"\n"
 
 
 def _mtimes() -> dict[str, int]:

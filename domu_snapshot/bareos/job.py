@@ -234,9 +234,11 @@ class PluginJob:
                                                f"{xml_path}: {exc.strerror}")
             for disk in result.disks:
                 # one root per mounted filesystem: the disk's path, or (guest_filesystems = all)
-                # each of part<N>, lvm/<vg>/<lv> below it, each walked as a filesystem of its own
+                # each of part<N>, lvm/<vg>/<lv> below it, or (fstab) the guest's root there and
+                # its /boot, /home... inside it; each walked as a filesystem of its own
                 for root in disk.roots:
-                    yield from self.root_entries(guest, root, stats)
+                    nested = {other for other in disk.roots if other.startswith(root + os.sep)}
+                    yield from self.root_entries(guest, root, stats, nested)
                     if self.canceled:
                         return
                 if disk.roots and disk.roots != [disk.mount_path] \
@@ -246,15 +248,16 @@ class PluginJob:
         finally:
             self.finish_guest(guest, result, stats, finished)
 
-    def root_entries(self, guest, root, stats):
-        """The entries of one mounted filesystem of a guest; marks the root complete or failed."""
+    def root_entries(self, guest, root, stats, nested=()):
+        """The entries of one mounted filesystem of a guest; marks the root complete or failed.
+        `nested`: the guest's filesystems mounted inside it, walked as roots of their own."""
         self.roots[root] = "walking"
         self.dev_ids.setdefault(root, len(self.dev_ids) + 1)
 
         def say(level, text):
             self.job(level, f"guest {guest.name}: {text}")
 
-        walker = disk_entries(root, self.dev_ids[root], stats, say)
+        walker = disk_entries(root, self.dev_ids[root], stats, say, nested)
         while True:
             try:
                 entry = next(walker)

@@ -116,9 +116,11 @@ class GuestStats:
         self.bytes += st.st_size
 
 
-def disk_entries(root, dev_id, stats, report):
+def disk_entries(root, dev_id, stats, report, nested=()):
     """Entries of one mounted guest disk. `report(level, text)` sends job messages; returns via
-    StopIteration the list of directories that could not be read completely."""
+    StopIteration the list of directories that could not be read completely. `nested`: paths of
+    the guest's own filesystems mounted below `root` (guest_filesystems = fstab), left to walks
+    of their own without a warning."""
     incomplete = []
 
     def problem(kind, path, detail):
@@ -201,6 +203,8 @@ def disk_entries(root, dev_id, stats, report):
                 yield _new_entry((child.path, st, dev_id, ft_reg, "", False))
                 continue
             if fmt == _S_IFDIR:
+                if child.path in nested:
+                    continue   # one of the guest's own filesystems, walked as a root of its own
                 if st.st_dev != top_st.st_dev:
                     problem("other-fs", child.path, None)
                     continue

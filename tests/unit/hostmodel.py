@@ -9,6 +9,7 @@ once (`fail_next`) and check what is left afterwards.
 """
 
 import dataclasses
+import os
 
 from domu_snapshot import lvm
 from domu_snapshot.commands import CommandError
@@ -60,6 +61,8 @@ class HostModel(System):
         self.calls = []  # (call name, its subject)
         self.failures = {}  # call name -> exceptions the next calls raise
         self.probe_children = []
+        self.contents = {}  # (origin LV path, byte offset) -> {relative path: file text, or None: a directory}
+        self._shown = {}  # mount target -> the paths its mount made appear, to take away at unmount
         self._minor = 10
         self._loop_number = 0
 
@@ -86,6 +89,13 @@ class HostModel(System):
                                                          clean=not needs_recovery, has_orphans=False)
         self.disks[lv.path] = (probed, superblocks)
         return lv
+
+    def fill(self, lv, offset, uuid="", label="", tree=None):
+        """The filesystem at `offset` of `lv` gets a UUID and label, and what a mount of it shows:
+        `tree` {relative path: file text, None for a directory, ("symlink", target)}."""
+        superblocks = self.disks[lv.path][1]
+        superblocks[offset] = dataclasses.replace(superblocks[offset], uuid=uuid, label=label)
+        self.contents[(lv.path, offset)] = tree or {}
 
     def fail_next(self, call, error):
         """The next call named `call` raises `error` (then calls work again)."""
@@ -197,10 +207,29 @@ class HostModel(System):
     def mount(self, kind, device, target, fstype):
         self._enter("mount", target)
         self.mounted.append((target, device))
+        loop = self.attached[device]
+        origin = self._by_path(loop.back_file)
+        origin = self.lvs[f"{origin.vg}/{origin.origin}"] if origin.origin else origin
+        shown = self._shown[target] = []
+        for relative, text in (self.contents.get((origin.path, loop.offset)) or {}).items():
+            path = os.path.join(target, relative)   # real files in the test's mount root
+            if text is None:
+                os.mkdir(path)
+            elif isinstance(text, tuple):   # ("symlink", its target)
+                os.symlink(text[1], path)
+            else:
+                with open(path, "w") as handle:
+                    handle.write(text)
+            shown.append(path)
 
     def unmount(self, target, retries):
         self._enter("unmount", target)
         self.mounted = [(t, s) for t, s in self.mounted if t != target]
+        for path in reversed(self._shown.pop(target, [])):
+            if not os.path.islink(path) and os.path.isdir(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
 
     def bring_up_guest_vg(self, guest, disk, snapshot, pv, result, cfg, members=(), every=False):
         raise AssertionError("the model has no LVM inside guests (tests/vm/test_guest_lvm.py has)")

@@ -106,3 +106,14 @@ def test_journal_device_number_alone_is_external(tmp_path):
     assert sb.external_journal and not sb.journal_uuid
     message, _hint = fsck.refusal(sb, "vg/g (whole disk)")
     assert "external journal (device number 253:7)" in message
+
+
+def test_superblock_gives_what_fstab_names_a_filesystem_by(tmp_path):
+    image = tmp_path / "fs.img"
+    subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "home", "-U", "0d6f2a3e-1b1c-4a53-9b8e-3d8c2f0e7a11", str(image)],
+                   check=True)
+    sb = fsck.read_superblock(str(image))
+    assert (sb.uuid, sb.label) == ("0d6f2a3e-1b1c-4a53-9b8e-3d8c2f0e7a11", "home")
+    subprocess.run(["tune2fs", "-L", "exactly16bytes!!", str(image)], check=True, capture_output=True)
+    assert fsck.read_superblock(str(image)).label == "exactly16bytes!!"   # no NUL at the end

@@ -355,3 +355,134 @@ def test_every_filesystem_cleanup_never_empties_a_directory_of_a_mount_not_ours(
     assert os.path.isdir(os.path.join(foreign, "empty-dir"))
     assert host.mounted == [(foreign, "/dev/sdz1")]
     assert any("not ours, not touched" in note for note in down.notes)
+
+
+# ------------------------------------------------------------------ guest_filesystems = fstab
+
+ROOT_UUID, BOOT_UUID = "2f1c0d6e-6f4c-4d8e-9a51-0c6a3b1e7d01", "7b3e9f10-2a44-4c1b-8f0e-5d9c6a2b4e02"
+
+
+def debian_like(host, root_fstab, root_tree=None):
+    """A disk with swap, then / (ext4), /boot and /home (ext4), each showing its tree when mounted;
+    /boot holds a stray copy of an fstab whose / is the root filesystem, not itself."""
+    lv = host.add_guest_lv("domu-deb", parts=(("linux-swap(v1)", 2048, 4096), ("ext4", 6144, 8192),
+                                              ("ext4", 14336, 8192), ("ext4", 22528, 8192)))
+    tree = {"etc": None, "etc/fstab": root_fstab, "etc/hostname": "deb\n", "boot": None, "home": None}
+    host.fill(lv, 6144 * 512, uuid=ROOT_UUID, label="root", tree=root_tree or tree)
+    host.fill(lv, 14336 * 512, uuid=BOOT_UUID, label="", tree={
+        "vmlinuz": "kernel", "etc": None, "etc/fstab": f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"})
+    host.fill(lv, 22528 * 512, uuid="", label="home", tree={"alice": None, "alice/notes.txt": "hi"})
+    return lv
+
+
+DEBIAN_FSTAB = f"""# /etc/fstab: static file system information.
+UUID={ROOT_UUID.upper()} /               ext4    errors=remount-ro 0       1
+UUID={BOOT_UUID} /boot           ext4    defaults        0       2
+LABEL=home      /home           ext4    defaults        0       2
+/dev/mapper/deb--vg-swap_1 none            swap    sw              0       0
+proc            /proc           proc    defaults        0       0
+/dev/vdb1       /srv            ext4    defaults        0       2
+"""
+
+
+def test_fstab_puts_each_filesystem_where_the_guest_mounts_it_and_tears_down(host, cfg):
+    cfg.guest_filesystems = "fstab"
+    debian_like(host, DEBIAN_FSTAB)
+    runner, guests, [result] = prepared(host, cfg)
+    assert result.status == Status.OK, result.error
+    disk_path = os.path.join(cfg.mount_root, "vg0", "domu-deb")
+    [disk] = result.disks
+    assert disk.roots == [disk_path, f"{disk_path}/boot", f"{disk_path}/home"]
+    assert [target for target, _source in host.mounted] == disk.roots
+    with open(f"{disk_path}/home/alice/notes.txt") as handle:   # where the guest has it
+        assert handle.read() == "hi"
+    assert os.path.isfile(f"{disk_path}/boot/vmlinuz") and os.path.isfile(f"{disk_path}/etc/hostname")
+    assert [m.mount_point for m in disk.filesystems] == ["/", "/boot", "/home"]
+    assert "/home: partition 4 (msdos), ext4" in disk.describe()
+    assert disk.left_out == ["partition 1 (linux-swap(v1))",
+                             "fstab line 7 ('/dev/vdb1' on '/srv'): not a filesystem of this disk mounted here"]
+    [down] = runner.teardown(guests)
+    assert down.ok, down.error
+    assert host.leftovers() == NOTHING_LEFT
+    assert tree_under(cfg.mount_root) == []
+
+
+def test_fstab_a_filesystem_it_does_not_list_is_left_out_and_said(host, cfg):
+    cfg.guest_filesystems = "fstab"
+    debian_like(host, f"UUID={ROOT_UUID} / ext4 defaults 0 1\nLABEL=home /home ext4 defaults 0 2\n")
+    _runner, _guests, [result] = prepared(host, cfg)
+    assert result.status == Status.OK, result.error
+    [disk] = result.disks
+    assert [m.mount_point for m in disk.filesystems] == ["/", "/home"]
+    assert "partition 3 (msdos), ext4 at byte 7340032 (not in the guest's /etc/fstab)" in disk.left_out
+
+
+@pytest.mark.parametrize("home, why", [
+    (("symlink", "../../../../etc"), "/home is a symlink in the guest's tree"),
+    ("a file", "/home is not a directory in the guest's tree"),
+])
+def test_fstab_a_mount_point_that_is_no_real_directory_of_the_guest_fails_it(host, cfg, home, why):
+    cfg.guest_filesystems = "fstab"
+    debian_like(host, DEBIAN_FSTAB, root_tree={"etc": None, "etc/fstab": DEBIAN_FSTAB, "boot": None, "home": home})
+    runner, _guests, [result] = prepared(host, cfg)
+    assert result.status == Status.FAILED and result.error.step == "fstab"
+    assert why in str(result.error) and "guest_filesystems = all" in str(result.error)
+    assert host.leftovers() == NOTHING_LEFT
+    assert tree_under(cfg.mount_root) == []
+    assert not any(call == "mount" and not subject.startswith(cfg.mount_root) for call, subject in host.calls)
+
+
+def test_fstab_a_mount_point_leaving_the_tree_stays_inside_it(host, cfg):
+    cfg.guest_filesystems = "fstab"
+    fstab = f"UUID={ROOT_UUID} / ext4 defaults 0 1\nLABEL=home /../../../etc ext4 defaults 0 2\n"
+    debian_like(host, fstab)
+    _runner, _guests, [result] = prepared(host, cfg)
+    disk_path = os.path.join(cfg.mount_root, "vg0", "domu-deb")
+    assert result.status == Status.OK, result.error
+    assert [target for target, _source in host.mounted] == [disk_path, f"{disk_path}/etc"]
+
+
+def test_fstab_two_roots_that_each_name_themselves_fail_the_guest(host, cfg):
+    cfg.guest_filesystems = "fstab"
+    lv = host.add_guest_lv("domu-two", parts=(("ext4", 2048, 8192), ("ext4", 10240, 8192)))
+    for offset, uuid in ((2048 * 512, ROOT_UUID), (10240 * 512, BOOT_UUID)):
+        host.fill(lv, offset, uuid=uuid, tree={"etc": None, "etc/fstab": f"UUID={uuid} / ext4 defaults 0 1\n"})
+    _runner, _guests, [result] = prepared(host, cfg)
+    assert result.status == Status.FAILED and result.error.step == "fstab"
+    assert "2 of its filesystems hold an /etc/fstab, and 2 of those name themselves as /" in str(result.error)
+    assert host.leftovers() == NOTHING_LEFT
+
+
+def test_fstab_a_disk_without_one_keeps_the_paths_of_all(host, cfg):
+    cfg.guest_filesystems = "fstab"
+    lv = host.add_guest_lv("domu-data", parts=(("ext4", 2048, 8192), ("ext4", 10240, 8192)))
+    host.fill(lv, 2048 * 512, tree={"srv": None})
+    _runner, _guests, [result] = prepared(host, cfg)
+    assert result.status == Status.OK, result.error
+    disk_path = os.path.join(cfg.mount_root, "vg0", "domu-data")
+    assert result.disks[0].roots == [f"{disk_path}/part1", f"{disk_path}/part2"]
+    assert any("none of its filesystems holds an /etc/fstab" in note for note in result.notes)
+
+
+def test_fstab_a_busy_unmount_while_moving_fails_the_guest_and_leaves_nothing(host, cfg):
+    cfg.guest_filesystems = "fstab"
+    debian_like(host, DEBIAN_FSTAB)
+    host.fail_next("unmount", busy(["umount", "part2"]))
+    _runner, _guests, [result] = prepared(host, cfg)
+    assert result.status == Status.FAILED and result.error.step == "fstab"
+    assert "device or resource busy" in str(result.error)
+    assert host.leftovers() == NOTHING_LEFT
+    assert tree_under(cfg.mount_root) == []
+
+
+def test_fstab_a_second_line_for_one_filesystem_or_mount_point_is_noted_not_mounted(host, cfg):
+    cfg.guest_filesystems = "fstab"
+    debian_like(host, f"UUID={ROOT_UUID} / ext4 defaults 0 1\nLABEL=home /home ext4 defaults 0 2\n"
+                      f"UUID={BOOT_UUID} /home ext4 defaults 0 2\nLABEL=home /boot ext4 defaults 0 2\n")
+    _runner, _guests, [result] = prepared(host, cfg)
+    assert result.status == Status.OK, result.error
+    [disk] = result.disks
+    assert [m.mount_point for m in disk.filesystems] == ["/", "/home"]
+    assert [line for line in disk.left_out if line.startswith("fstab")] == [
+        f"fstab line 3 ('UUID={BOOT_UUID}' on '/home'): an earlier line mounts that filesystem, or mounts one there",
+        "fstab line 4 ('LABEL=home' on '/boot'): an earlier line mounts that filesystem, or mounts one there"]

@@ -30,6 +30,11 @@ def first_sector(path):
 
 # ------------------------------------------------------------------ superblock
 
+def test_superblock_gives_the_label_fstab_may_name(tmp_path):
+    sb = xfs.read_superblock(str(mkfs_xfs(tmp_path / "fs.img", "-L", "boot")))
+    assert (sb.uuid, sb.label) == (FS_UUID, "boot")
+
+
 def test_superblock_of_mkfs_xfs_gives_size_and_uuid_at_the_partition_offset(tmp_path):
     fs = mkfs_xfs(tmp_path / "fs.img")
     disk = tmp_path / "disk.img"
@@ -38,7 +43,7 @@ def test_superblock_of_mkfs_xfs_gives_size_and_uuid_at_the_partition_offset(tmp_
         handle.seek(MiB)
         handle.write(first_sector(fs))
     sb = xfs.read_superblock(str(disk), MiB)
-    assert (sb.fs, sb.size, sb.uuid) == ("xfs", FS_MIB * MiB, FS_UUID)
+    assert (sb.fs, sb.size, sb.uuid, sb.label) == ("xfs", FS_MIB * MiB, FS_UUID, "")
     assert not sb.external_log and sb.realtime_blocks == 0
     assert xfs.refusal(sb, "vg/lv partition 1") is None
     assert xfs.read_superblock(str(disk), 0) is None  # nothing at the start of the disk
@@ -201,20 +206,26 @@ def test_a_whole_disk_xfs_needs_xfs_selected():
         partitions.choose(whole, "whole")
 
 
+def printed_plan(tmp_path, setting, lv):
+    """The lines --dry-run prints for a guest of one disk vg0/`lv` under the `setting` line."""
+    from domu_snapshot.lifecycle import Disk, Guest, Runner
+    printed = []
+    runner = Runner(load_config(write_config(tmp_path, f"[domu-snapshot]\n{setting}\n"),
+                                {"mount_root": str(tmp_path / "mnt")}))
+    disk = Disk("vg0", lv, runner.mount_path("vg0", lv), None, runner.naming)
+    commands.set_dry_run(True, printer=printed.append)
+    try:
+        runner._print_plan(Guest(lv, [disk]))
+    finally:
+        commands.set_dry_run(False)
+    return disk, printed
+
+
 def test_the_dry_run_plan_is_printed_by_the_calls_that_run_the_steps(tmp_path):
     """--dry-run's plan of a disk comes from loop.attach, fsck, mount and xfs themselves (the
     argument lists cannot drift from what a real run executes); placeholders where only the
     snapshot would tell."""
-    from domu_snapshot.lifecycle import Disk, Guest, Runner
-    printed = []
-    runner = Runner(load_config(write_config(tmp_path, "[domu-snapshot]\nfilesystems = ext4, xfs\n"),
-                                {"mount_root": str(tmp_path / "mnt")}))
-    disk = Disk("vg0", "domu-db", runner.mount_path("vg0", "domu-db"), None, runner.naming)
-    commands.set_dry_run(True, printer=printed.append)
-    try:
-        runner._print_plan(Guest("domu-db", [disk]))
-    finally:
-        commands.set_dry_run(False)
+    disk, printed = printed_plan(tmp_path, "filesystems = ext4, xfs", "domu-db")
     target = disk.mount_path
     assert printed == [
         f"would run: losetup --find --show --offset <offset> --sizelimit <size> {disk.snapshot_path}",
@@ -225,6 +236,16 @@ def test_the_dry_run_plan_is_printed_by_the_calls_that_run_the_steps(tmp_path):
         f"would run: umount {target}",
         f"would run: mount -t xfs -o ro,nouuid,nosuid,nodev,noexec <loop device> {target}",
     ]
+
+
+@pytest.mark.parametrize("layout", ["all", "fstab"])
+def test_the_dry_run_plan_of_every_filesystem_names_their_paths(tmp_path, layout):
+    disk, printed = printed_plan(tmp_path, f"guest_filesystems = {layout}", "domu-deb")
+    assert printed[0] == (f"vg0/domu-deb (guest_filesystems = {layout}): for each partition N that holds one of "
+                          f"ext4, ext3, and for each LV of a guest VG in it (at {disk.mount_path}/lvm/<guest VG>/<LV>):")
+    assert printed[3] == f"would run: mount -t <ext3|ext4> -o ro,nosuid,nodev,noexec <loop device> {disk.mount_path}/part<N>"
+    assert (printed[-1].startswith("then, when one of them holds etc/fstab") and len(printed) == 5) \
+        if layout == "fstab" else len(printed) == 4
 
 
 def test_a_guest_lv_is_taken_for_its_filesystem_only_when_that_is_selected(tmp_path):

@@ -332,3 +332,70 @@ def test_every_filesystem_of_a_debian_like_guest_in_list_mount_plugin_and_cleanu
     proc = cli("cleanup")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert mount_root_entries() == [] and inner_dm_devices() == []
+
+
+
+def test_fstab_assembles_a_debian_like_guest_where_its_own_fstab_mounts_each_filesystem(tmp_path, lvm_guests,
+                                                                                         clean_lvm):
+    """guest_filesystems = fstab: the guest's root LV at its path, /boot (partition 1, by UUID) and
+    /home (its LV, by label) inside it, as its /etc/fstab says; swap, proc and a data disk that is
+    not this disk's are not mounted (the last one named). The plugin saves each file once, exactly
+    what helpers mode's FileSet reads; a restored /home/user file lies where the guest has it;
+    cleanup after the mount (a crash) leaves nothing, the host's VGs as before."""
+    from tests.fd_harness import FileDaemon, example_fileset_options, example_plugin_definition, PLUGIN_DIR
+
+    g = lvm_guests[DEB]
+    conf = write_config(tmp_path, f"[guest {DEB}]\nguest_filesystems = fstab\n")
+    base = os.path.join(MOUNT_ROOT, VG, DEB)
+    boot, home = guestdisks.expected_tree(f"{g.seed}-boot"), guestdisks.expected_tree(f"{g.seed}-home")
+    # what the root LV shows with /boot and /home mounted over its own (the root's home/user is hidden)
+    root = {rel: attrs for rel, attrs in g.tree.items() if rel.split("/")[0] not in ("boot", "home")}
+    # srv/www/report-link.txt: its other name, home/user/report.txt, is under the root's hidden /home
+    hidden_link = "hard link group home/user/report.txt: 2 links, expected 1"
+
+    listed = cli("--config", conf, "list", "--json")
+    row = next(r for r in json.loads(listed.stdout) if r["lv"] == DEB)
+    assert row["partition"] == "fstab" and len(row["filesystems"]) == 3, row
+
+    proc = cli("--config", conf, "mount", "--json", DEB)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    note(f"{DEB} mount (fstab): {proc.stdout.strip()} | {proc.stderr.strip()}")
+    [disk] = json.loads(proc.stdout)["guests"][0]["disks"]
+    assert [(f["mount_path"], f["mount_point"]) for f in disk["filesystems"]] == [
+        (base, "/"), (f"{base}/boot", "/boot"), (f"{base}/home", "/home")], disk
+    assert "fstab line 8 ('/dev/vdb1' on '/srv/data'): not a filesystem of this disk mounted here" \
+        in disk["not_mounted"], disk
+    assert findmnt(base)["source"].startswith("/dev/mapper/domusnap_") and findmnt(base)["fstype"] == "ext4"
+    assert findmnt(f"{base}/boot")["source"].startswith("/dev/loop")
+    assert findmnt(f"{base}/home")["source"].startswith("/dev/mapper/domusnap_")
+    for target in (base, f"{base}/boot", f"{base}/home"):
+        assert set("ro,nosuid,nodev,noexec".split(",")) <= set(findmnt(target)["options"].split(","))
+    assert guestdisks.compare_tree(base, root, ignore=("lost+found", "boot", "home")) == [hidden_link]
+    assert guestdisks.compare_tree(f"{base}/boot", boot) == []
+    assert guestdisks.compare_tree(f"{base}/home", home) == []
+    helpers_tree = set()   # what helpers mode's FileSet reads (One FS = no): every entry below the path
+    for top, dirs, files in os.walk(base):
+        helpers_tree |= {os.path.join(top, n) for n in dirs + files}
+    during = host_vgs()
+    assert len(set(during)) == len(during), f"two VGs of one name: {during}"
+    proc = cli("cleanup")   # as after a crash: everything found from the system alone
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert mount_root_entries() == [] and inner_dm_devices() == []
+    assert host_vgs() == clean_lvm
+
+    plugin = FileDaemon(example_plugin_definition(
+        module_path=str(PLUGIN_DIR), mount_root=MOUNT_ROOT, vg=VG, prefix="domu-", include=DEB, quiesce="none",
+        guest_filesystems="fstab", config=conf), **example_fileset_options())
+    result = plugin.backup()
+    assert result.status == "T", result.job.messages
+    names = [r.fname.rstrip("/") for r in result.records]
+    assert len(names) == len(set(names)), "a file saved twice"
+    assert set(names) == helpers_tree | {base}
+    assert not any("another filesystem" in text for _level, text in result.job.messages)
+    assert mount_root_entries() == [] and host_vgs() == clean_lvm
+    where = tmp_path / "restore"
+    job, _statuses = plugin.restore(result.records, str(where))
+    assert job.errors == [], job.messages
+    assert guestdisks.compare_tree(f"{where}{base}/home", home) == []
+    assert guestdisks.compare_tree(f"{where}{base}/boot", boot) == []
+    assert guestdisks.compare_tree(f"{where}{base}", root, ignore=("lost+found", "boot", "home")) == []

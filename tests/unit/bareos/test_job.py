@@ -438,3 +438,35 @@ def test_every_filesystem_of_a_guest_is_walked_and_accurate_knows_each(monkeypat
     state.roots = {str(disk): "failed", f"{disk}/part1": "failed"}  # as finish_guest leaves a lost guest
     assert state.check_file(f"{disk}/part1/etc/hostname") == bareosfd.bRC_Seen
     assert state.check_file(f"{disk}/lvm/vg/home/etc/hostname") == bareosfd.bRC_Seen
+
+
+def test_fstab_assembled_guest_is_saved_once_per_file_and_accurate_knows_each_filesystem(monkeypatch, tmp_path):
+    """guest_filesystems = fstab: the guest's / at the disk's path with /boot and /home mounted
+    inside it. Each filesystem is walked as a root of its own: the walk of / leaves /boot and
+    /home to theirs (no file twice, no "another filesystem" warning), and Accurate marks a file
+    deleted in /home only while /home was read completely."""
+    disk = tmp_path / "mnt" / "vg0" / "domu-deb"
+    build_guest(disk, 3)
+    build_guest(disk / "boot", 4)
+    build_guest(disk / "home", 5)
+    guest = FakeGuest("domu-deb", [disk], filesystems=("", "boot", "home"))
+    fd_harness.install_dir_runner(monkeypatch, [guest])
+    fd = FileDaemon(definition(), **fd_harness.example_fileset_options())
+    full = fd.backup()
+    assert full.status == "T", full.job.messages
+    names = [r.fname for r in full.records]
+    assert len(names) == len(set(names))
+    assert {f"{disk}/etc/hostname", f"{disk}/boot/etc/hostname", f"{disk}/home/etc/hostname",
+            f"{disk}/boot", f"{disk}/home"} <= set(names)
+    assert not any("another filesystem" in text for _level, text in full.job.messages)
+    catalog = Catalog().add(full)
+    os.unlink(disk / "home" / "etc" / "shadow")
+    os.utime(disk / "home" / "etc", (1_600_000_099, 1_600_000_099))
+    incremental = fd.backup(level="I", accurate=True, catalog=catalog)
+    assert incremental.status == "T", incremental.job.messages
+    assert incremental.deleted == [f"{disk}/home/etc/shadow"]
+    from domu_snapshot.bareos.job import PluginJob
+    state = PluginJob()
+    state.roots = {str(disk): "complete", f"{disk}/boot": "complete", f"{disk}/home": "failed"}
+    assert state.check_file(f"{disk}/home/etc/hostname") == bareosfd.bRC_Seen   # /home not read completely
+    assert state.check_file(f"{disk}/etc/gone") == bareosfd.bRC_OK
